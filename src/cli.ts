@@ -1,0 +1,216 @@
+/**
+ * Command-line options: flags, their `WSBRIDGE_*` environment twins, help
+ * text and parsing. Flags win over the environment.
+ */
+
+import {
+  ConfigError,
+  DEFAULT_DIAL_TIMEOUT_MS,
+  DEFAULT_HIGH_WATER_BYTES,
+  DEFAULT_MAX_MESSAGE_BYTES,
+  DEFAULT_PING_INTERVAL_MS,
+  DEFAULT_PONG_TIMEOUT_MS,
+  DEFAULT_SHUTDOWN_GRACE_MS,
+  DEFAULT_TCP_KEEPALIVE_MS,
+  type OptionNames,
+  type RelayOptions,
+  parseDuration,
+  parseListen,
+  parseSize,
+  parseUpstream,
+} from "./config.ts";
+import type { LogFormat, LogLevel } from "./log.ts";
+
+/** What the command line asks for. */
+export interface CommandLine {
+  action: "run" | "help" | "version";
+  relay: RelayOptions;
+  logLevel: LogLevel;
+  logFormat: LogFormat;
+}
+
+interface FlagSpec {
+  flag: string;
+  value: string;
+  defaultText: string;
+  help: string;
+  apply(line: CommandLine, text: string, flag: string): void;
+}
+
+const LOG_LEVELS: readonly LogLevel[] = ["debug", "info", "warn", "error"];
+const LOG_FORMATS: readonly LogFormat[] = ["json", "text"];
+
+function oneOf<T extends string>(flag: string, text: string, allowed: readonly T[]): T {
+  if ((allowed as readonly string[]).includes(text)) return text as T;
+  throw new ConfigError(flag, text, `${flag}: invalid value "${text}"; use one of ${allowed.join(", ")}`);
+}
+
+const FLAGS: FlagSpec[] = [
+  {
+    flag: "--listen",
+    value: "HOST:PORT",
+    defaultText: "127.0.0.1:8080",
+    help: "address for clients; :PORT listens on all IPv4 addresses, port 0 picks a free one",
+    apply(line, text, flag) {
+      const { hostname, port } = parseListen(flag, text);
+      line.relay.hostname = hostname;
+      line.relay.port = port;
+    },
+  },
+  {
+    flag: "--upstream",
+    value: "URL",
+    defaultText: "built-in echo",
+    help: "ws:// or wss:// server to relay to; the client's path and query are appended",
+    apply(line, text, flag) {
+      line.relay.upstream = parseUpstream(flag, text);
+    },
+  },
+  {
+    flag: "--dial-timeout",
+    value: "DURATION",
+    defaultText: `${DEFAULT_DIAL_TIMEOUT_MS / 1000}s`,
+    help: "time the upstream has to accept the handshake; past it the client gets 504",
+    apply(line, text, flag) {
+      line.relay.dialTimeoutMs = parseDuration(flag, text);
+    },
+  },
+  {
+    flag: "--ping-interval",
+    value: "DURATION",
+    defaultText: `${DEFAULT_PING_INTERVAL_MS / 1000}s`,
+    help: "period of the ws ping sent to both sides; 0 turns pings off",
+    apply(line, text, flag) {
+      line.relay.pingIntervalMs = parseDuration(flag, text);
+    },
+  },
+  {
+    flag: "--pong-timeout",
+    value: "DURATION",
+    defaultText: `${DEFAULT_PONG_TIMEOUT_MS / 1000}s`,
+    help: "time a side has to answer a ping (or send anything) before the pair is closed",
+    apply(line, text, flag) {
+      line.relay.pongTimeoutMs = parseDuration(flag, text);
+    },
+  },
+  {
+    flag: "--tcp-keepalive",
+    value: "DURATION",
+    defaultText: `${DEFAULT_TCP_KEEPALIVE_MS / 1000}s`,
+    help: "TCP keepalive idle time and probe interval on accepted sockets, whole seconds; 0 is off",
+    apply(line, text, flag) {
+      line.relay.tcpKeepAliveMs = parseDuration(flag, text);
+    },
+  },
+  {
+    flag: "--max-message",
+    value: "SIZE",
+    defaultText: `${DEFAULT_MAX_MESSAGE_BYTES / 1024 / 1024}MiB`,
+    help: "largest message either side may send; larger ones close the sender with 1009",
+    apply(line, text, flag) {
+      line.relay.maxMessageBytes = parseSize(flag, text);
+    },
+  },
+  {
+    flag: "--high-water",
+    value: "SIZE",
+    defaultText: `${DEFAULT_HIGH_WATER_BYTES / 1024 / 1024}MiB`,
+    help: "bytes queued toward one side before the relay stops reading the other; resumes at a quarter",
+    apply(line, text, flag) {
+      line.relay.highWaterBytes = parseSize(flag, text);
+    },
+  },
+  {
+    flag: "--shutdown-grace",
+    value: "DURATION",
+    defaultText: `${DEFAULT_SHUTDOWN_GRACE_MS / 1000}s`,
+    help: "on SIGTERM or SIGINT, time pairs get to end before they are closed with 1001",
+    apply(line, text, flag) {
+      line.relay.shutdownGraceMs = parseDuration(flag, text);
+    },
+  },
+  {
+    flag: "--log-level",
+    value: "LEVEL",
+    defaultText: "info",
+    help: `least severe level written: ${LOG_LEVELS.join(", ")}`,
+    apply(line, text, flag) {
+      line.logLevel = oneOf(flag, text, LOG_LEVELS);
+    },
+  },
+  {
+    flag: "--log-format",
+    value: "FORMAT",
+    defaultText: "json",
+    help: `log line format: ${LOG_FORMATS.join(", ")}`,
+    apply(line, text, flag) {
+      line.logFormat = oneOf(flag, text, LOG_FORMATS);
+    },
+  },
+];
+
+/** CLI flag for each relay option, so validation errors name the flag. */
+export const FLAG_NAMES: OptionNames = {
+  port: "--listen",
+  upstream: "--upstream",
+  dialTimeoutMs: "--dial-timeout",
+  pingIntervalMs: "--ping-interval",
+  pongTimeoutMs: "--pong-timeout",
+  tcpKeepAliveMs: "--tcp-keepalive",
+  maxMessageBytes: "--max-message",
+  highWaterBytes: "--high-water",
+  shutdownGraceMs: "--shutdown-grace",
+};
+
+/** `--max-message` -> `WSBRIDGE_MAX_MESSAGE` */
+export function envName(flag: string): string {
+  return `WSBRIDGE_${flag.slice(2).toUpperCase().replaceAll("-", "_")}`;
+}
+
+/** The `--help` text. */
+export function helpText(): string {
+  const rows = FLAGS.map((spec) => {
+    const left = `  ${spec.flag} ${spec.value}`;
+    return `${left.padEnd(28)}${spec.help}\n${" ".repeat(28)}default ${spec.defaultText}; env ${envName(spec.flag)}`;
+  });
+  return [
+    "wsbridge: a WebSocket relay that forwards every message unchanged",
+    "",
+    "Usage: wsbridge [options]",
+    "",
+    "Options:",
+    ...rows,
+    `  ${"-h, --help".padEnd(26)}print this help and exit`,
+    `  ${"--version".padEnd(26)}print the version and exit`,
+    "",
+    "Durations take ms, s or m (10s); sizes take B, KiB, MiB or GiB (16MiB).",
+    "With no --upstream, a built-in echo server is started and used as the upstream.",
+    "",
+  ].join("\n");
+}
+
+/** Parses flags (`--flag VALUE` or `--flag=VALUE`) over the environment; throws `ConfigError`. */
+export function parseCommandLine(argv: string[], env: Record<string, string | undefined>): CommandLine {
+  const line: CommandLine = { action: "run", relay: {}, logLevel: "info", logFormat: "json" };
+  for (const spec of FLAGS) {
+    const text = env[envName(spec.flag)];
+    if (text !== undefined && text !== "") spec.apply(line, text, envName(spec.flag));
+  }
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i] as string;
+    if (arg === "-h" || arg === "--help") return { ...line, action: "help" };
+    if (arg === "--version") return { ...line, action: "version" };
+    const eq = arg.indexOf("=");
+    const flag = eq > 0 ? arg.slice(0, eq) : arg;
+    const spec = FLAGS.find((s) => s.flag === flag);
+    if (spec === undefined) {
+      throw new ConfigError(arg, arg, `unknown option "${arg}"; run with --help to list the options`);
+    }
+    const text = eq > 0 ? arg.slice(eq + 1) : argv[++i];
+    if (text === undefined) {
+      throw new ConfigError(flag, "", `${flag}: missing value; expected ${spec.value}, e.g. ${spec.flag} ${spec.defaultText}`);
+    }
+    spec.apply(line, text, flag);
+  }
+  return line;
+}

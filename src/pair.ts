@@ -1,0 +1,445 @@
+/**
+ * One client socket and its upstream socket: forwarding, flow control,
+ * liveness bookkeeping and teardown. The pair is the only place that maps one
+ * side to the other.
+ */
+
+import type { ServerWebSocket } from "bun";
+import {
+  type CloseAction,
+  type EndCause,
+  CloseCode,
+  clampReason,
+  closeForClient,
+  closeForUpstream,
+} from "./close.ts";
+import type { FlowPoller } from "./flow.ts";
+
+/** Which way a message travels through the relay. */
+export type Direction = "client-to-upstream" | "upstream-to-client";
+
+/** A message as Bun delivers it: text as `string`, binary as `Buffer`. */
+export type Message = string | Buffer;
+
+/**
+ * Observes each message before it is forwarded. It runs on the hot path and
+ * must not throw or keep a reference to a `Buffer` it does not copy.
+ */
+export type MessageHook = (direction: Direction, data: Message) => void;
+
+/** Which side decided the end of a pair. */
+export type Closer = "client" | "upstream" | "relay";
+
+/** How a pair ended, as logged and counted. */
+export interface PairEnd {
+  cause: EndCause;
+  closedBy: Closer;
+  /** The close code that started the teardown, as reported by Bun (1005, 1006 included). */
+  code: number;
+  reason: string;
+}
+
+/** Counters of one pair; plain fields, bumped on the hot path. */
+export interface PairCounters {
+  messagesToUpstream: number;
+  bytesToUpstream: number;
+  messagesToClient: number;
+  bytesToClient: number;
+  /** Times the client reader was paused because the upstream queue was full. */
+  clientPauses: number;
+  /** Times the upstream reader was paused because the client queue was full. */
+  upstreamPauses: number;
+}
+
+/** Callbacks through which a pair reports to its owner. */
+export interface PairEvents {
+  /** The client was attached; messages flow from now on. */
+  onOpen?(pair: Pair): void;
+  /** The first close on either side decided how the pair ends. */
+  onEnd?(pair: Pair, end: PairEnd): void;
+  /** Both sockets are closed; nothing of the pair is left to release. */
+  onRelease?(pair: Pair): void;
+  /** Something went wrong that an operator should see. */
+  onError?(pair: Pair, kind: string, message: string): void;
+  /** A pong arrived; `rttMs` is the time since the matching ping. */
+  onPong?(pair: Pair, side: "client" | "upstream", rttMs: number): void;
+}
+
+/** Limits that drive flow control, in bytes. */
+export interface PairLimits {
+  highWaterBytes: number;
+  lowWaterBytes: number;
+  maxMessageBytes: number;
+}
+
+const enum State {
+  /** Upstream open, client not yet attached. */
+  Dialled,
+  Open,
+  /** Teardown started; both sockets are closing. */
+  Ending,
+}
+
+const enum Side {
+  Open,
+  Closed,
+}
+
+let nextId = 1;
+
+function byteLength(data: Message): number {
+  return typeof data === "string" ? Buffer.byteLength(data) : data.byteLength;
+}
+
+/**
+ * A client socket accepted by `Bun.serve` joined to one upstream `WebSocket`.
+ *
+ * Create it as soon as the upstream `WebSocket` exists (before it opens): it
+ * pauses the upstream reader at once and holds anything the upstream sends
+ * until `attach()` joins the client, so no early message is lost.
+ */
+export class Pair {
+  readonly id: string;
+  readonly startedAt = performance.now();
+  readonly counters: PairCounters = {
+    messagesToUpstream: 0,
+    bytesToUpstream: 0,
+    messagesToClient: 0,
+    bytesToClient: 0,
+    clientPauses: 0,
+    upstreamPauses: 0,
+  };
+  client: ServerWebSocket<unknown> | null = null;
+  end: PairEnd | null = null;
+  /** The client's `ip:port`, for logs. */
+  clientAddress = "";
+  /** The upstream URL without its query, for logs. */
+  target = "";
+  /** Time from creating the upstream socket to its open, in ms. */
+  dialMs = 0;
+
+  /** Set by any frame from that side; cleared when a ping is sent to it. */
+  clientSeen = true;
+  upstreamSeen = true;
+  /** Set when that side's reader was paused since the last ping, which may hide its pong. */
+  clientPausedSincePing = false;
+  upstreamPausedSincePing = false;
+  private pingSentAt = 0;
+  private clientPongPending = false;
+  private upstreamPongPending = false;
+
+  private state = State.Dialled;
+  private clientSide = Side.Open;
+  private upstreamSide = Side.Open;
+  private clientPaused = false;
+  private upstreamPaused = false;
+  private early: Message[] = [];
+  private earlyClose: CloseEvent | null = null;
+  private upstreamErrorCode: string | undefined;
+
+  constructor(
+    readonly upstream: WebSocket,
+    private readonly limits: PairLimits,
+    private readonly flow: FlowPoller,
+    private readonly events: PairEvents = {},
+    private readonly onMessage: MessageHook | undefined = undefined,
+  ) {
+    this.id = (nextId++).toString(36);
+    upstream.binaryType = "nodebuffer";
+    // Bun drops messages that arrive before a listener is attached, and the
+    // client is not attached until Bun calls `open` after the 101, so the
+    // upstream reader waits until then.
+    upstream.pause();
+    upstream.onmessage = (event) => this.fromUpstream(event.data);
+    upstream.onclose = (event) => this.upstreamClosed(event);
+    upstream.onerror = (event) => this.upstreamFailed(event);
+    upstream.addEventListener("pong", () => this.upstreamPonged());
+    upstream.addEventListener("ping", () => {
+      this.upstreamSeen = true;
+    });
+  }
+
+  /** Time since the pair was created, in ms. */
+  get ageMs(): number {
+    return performance.now() - this.startedAt;
+  }
+
+  /** True once teardown has started. */
+  get ending(): boolean {
+    return this.state === State.Ending;
+  }
+
+  /**
+   * Joins the accepted client socket: forwards what the upstream sent so far,
+   * then resumes the upstream reader. Call it from the `open` handler.
+   */
+  attach(client: ServerWebSocket<unknown>): void {
+    this.client = client;
+    if (this.state !== State.Dialled) return;
+    this.state = State.Open;
+    this.events.onOpen?.(this);
+    const early = this.early;
+    this.early = [];
+    for (const data of early) this.fromUpstream(data);
+    if (this.earlyClose !== null) {
+      this.upstreamClosed(this.earlyClose);
+      return;
+    }
+    if (this.state === State.Open && !this.upstreamPaused) this.upstream.resume();
+  }
+
+  /** Forwards one client message to the upstream. Call it from the `message` handler. */
+  fromClient(data: Message): void {
+    this.clientSeen = true;
+    if (this.state !== State.Open) return;
+    const counters = this.counters;
+    counters.messagesToUpstream++;
+    counters.bytesToUpstream += byteLength(data);
+    if (this.onMessage !== undefined) this.onMessage("client-to-upstream", data);
+    const upstream = this.upstream;
+    upstream.send(data);
+    if (upstream.bufferedAmount > this.limits.highWaterBytes && !this.clientPaused) {
+      this.pauseClient();
+    }
+  }
+
+  /** Forwards one upstream message to the client. */
+  fromUpstream(data: Message): void {
+    this.upstreamSeen = true;
+    if (this.state !== State.Open) {
+      if (this.state === State.Dialled) this.early.push(data);
+      return;
+    }
+    const size = byteLength(data);
+    if (size > this.limits.maxMessageBytes) {
+      this.upstreamTooBig(size);
+      return;
+    }
+    const counters = this.counters;
+    counters.messagesToClient++;
+    counters.bytesToClient += size;
+    if (this.onMessage !== undefined) this.onMessage("upstream-to-client", data);
+    const status = (this.client as ServerWebSocket<unknown>).send(data);
+    if (status === -1) {
+      if (!this.upstreamPaused) this.pauseUpstream();
+    } else if (status === 0 && size > 0) {
+      this.dropped(size);
+    }
+  }
+
+  /** Resumes the upstream reader once the client queue is short. Call it from `drain`. */
+  clientDrained(): void {
+    if (this.upstreamPaused) this.resumeIfDrained();
+  }
+
+  /** Records a pong from the client. Call it from the `pong` handler. */
+  clientPonged(): void {
+    this.clientSeen = true;
+    if (!this.clientPongPending) return;
+    this.clientPongPending = false;
+    this.events.onPong?.(this, "client", performance.now() - this.pingSentAt);
+  }
+
+  /** Handles the client's close as Bun reports it. Call it from the `close` handler. */
+  clientClosed(code: number, reason: string): void {
+    this.clientSide = Side.Closed;
+    if (this.state !== State.Ending) {
+      const action = closeForUpstream(code, reason);
+      this.finish({ cause: action.cause, closedBy: "client", code, reason });
+      this.closeUpstream(action);
+    }
+    this.releaseIfClosed();
+  }
+
+  /**
+   * Abandons a pair whose client left before the upgrade completed: closes
+   * the upstream with 1001.
+   */
+  abandon(reason: string): void {
+    this.clientSide = Side.Closed;
+    if (this.state === State.Ending) return;
+    this.finish({ cause: "client_lost", closedBy: "client", code: CloseCode.ABNORMAL, reason });
+    this.closeUpstream({ code: CloseCode.GOING_AWAY, reason, cause: "client_lost" });
+    this.releaseIfClosed();
+  }
+
+  /**
+   * Closes both sides with the same code and reason, as the relay's own
+   * decision (shutdown, for instance).
+   */
+  close(code: number, reason: string, cause: EndCause): void {
+    if (this.state === State.Ending) return;
+    this.finish({ cause, closedBy: "relay", code, reason });
+    const action: CloseAction = { code, reason, cause };
+    this.closeClient(action);
+    this.closeUpstream(action);
+  }
+
+  /**
+   * Terminates the side that missed its pong and closes the other with 1001
+   * "peer timed out".
+   */
+  timedOut(side: "client" | "upstream"): void {
+    if (this.state === State.Ending) return;
+    const cause = side === "client" ? "client_timed_out" : "upstream_timed_out";
+    const reason = `${side} did not answer ping`;
+    this.finish({ cause, closedBy: "relay", code: CloseCode.ABNORMAL, reason });
+    const action: CloseAction = { code: CloseCode.GOING_AWAY, reason: "peer timed out", cause };
+    if (side === "client") {
+      this.client?.terminate();
+      this.closeUpstream(action);
+    } else {
+      this.upstream.terminate();
+      this.closeClient(action);
+    }
+  }
+
+  /**
+   * Sends a ping to each side whose reader is running, and clears its sign
+   * of life. A paused side is skipped: its pong could not be read.
+   */
+  ping(): void {
+    if (this.state !== State.Open) return;
+    this.pingSentAt = performance.now();
+    this.clientPausedSincePing = this.clientPaused;
+    this.upstreamPausedSincePing = this.upstreamPaused;
+    if (!this.clientPaused) {
+      this.clientSeen = false;
+      this.clientPongPending = true;
+      this.client?.ping();
+    }
+    if (!this.upstreamPaused) {
+      this.upstreamSeen = false;
+      this.upstreamPongPending = true;
+      this.upstream.ping();
+    }
+  }
+
+  /** Returns the side that gave no sign of life since the last ping, if any. */
+  silentSide(): "client" | "upstream" | null {
+    if (this.state !== State.Open) return null;
+    if (!this.clientSeen && !this.clientPausedSincePing && !this.clientPaused) return "client";
+    if (!this.upstreamSeen && !this.upstreamPausedSincePing && !this.upstreamPaused) return "upstream";
+    return null;
+  }
+
+  /** Resumes whichever reader may resume; returns true while one is still paused. */
+  resumeIfDrained(): boolean {
+    const { lowWaterBytes } = this.limits;
+    if (this.state === State.Ending) return false;
+    if (this.clientPaused && this.upstream.bufferedAmount <= lowWaterBytes) {
+      this.clientPaused = false;
+      this.client?.resume();
+    }
+    const client = this.client;
+    if (this.upstreamPaused && client !== null && client.getBufferedAmount() <= lowWaterBytes) {
+      this.upstreamPaused = false;
+      this.upstream.resume();
+    }
+    return this.clientPaused || this.upstreamPaused;
+  }
+
+  private pauseClient(): void {
+    this.clientPaused = true;
+    this.clientPausedSincePing = true;
+    this.counters.clientPauses++;
+    this.client?.pause();
+    this.flow.watch(this);
+  }
+
+  private pauseUpstream(): void {
+    this.upstreamPaused = true;
+    this.upstreamPausedSincePing = true;
+    this.counters.upstreamPauses++;
+    this.upstream.pause();
+    this.flow.watch(this);
+  }
+
+  private upstreamPonged(): void {
+    this.upstreamSeen = true;
+    if (!this.upstreamPongPending) return;
+    this.upstreamPongPending = false;
+    this.events.onPong?.(this, "upstream", performance.now() - this.pingSentAt);
+  }
+
+  private upstreamFailed(event: Event): void {
+    const error = (event as ErrorEvent).error as { code?: unknown } | undefined;
+    const code = typeof error?.code === "string" ? error.code : undefined;
+    this.upstreamErrorCode ??= code ?? "";
+    if (this.state === State.Open) {
+      this.events.onError?.(this, "upstream_error", (event as ErrorEvent).message ?? String(code));
+    }
+  }
+
+  private upstreamClosed(event: CloseEvent): void {
+    if (this.state === State.Dialled && this.client === null) {
+      // The upstream closed between its open and the client's; the close is
+      // passed on once the client is attached, after the early messages.
+      this.earlyClose = event;
+      return;
+    }
+    this.upstreamSide = Side.Closed;
+    if (this.state !== State.Ending) {
+      const action = closeForClient(event.code, event.reason, this.upstreamErrorCode);
+      this.finish({ cause: action.cause, closedBy: "upstream", code: event.code, reason: event.reason });
+      this.closeClient(action);
+    }
+    this.releaseIfClosed();
+  }
+
+  private upstreamTooBig(size: number): void {
+    const reason = `upstream message of ${size} bytes is over the ${this.limits.maxMessageBytes}-byte limit`;
+    this.finish({ cause: "message_too_big", closedBy: "relay", code: CloseCode.MESSAGE_TOO_BIG, reason });
+    this.closeUpstream({ code: CloseCode.MESSAGE_TOO_BIG, reason: "message too big", cause: "message_too_big" });
+    this.closeClient({ code: CloseCode.BAD_GATEWAY, reason: "upstream message too big", cause: "message_too_big" });
+  }
+
+  private dropped(size: number): void {
+    // Unreachable while the server runs with backpressureLimit 0 (no limit):
+    // a 0 status on a non-empty message would mean Bun dropped it.
+    const message = `Bun dropped a ${size}-byte message to the client; closing the pair rather than lose data silently`;
+    this.events.onError?.(this, "message_dropped", message);
+    this.close(CloseCode.INTERNAL_ERROR, "relay dropped a message", "protocol_error");
+  }
+
+  private finish(end: PairEnd): void {
+    this.state = State.Ending;
+    this.end = end;
+    this.early = [];
+    this.flow.forget(this);
+    // Paused readers could not read the peer's close frame, so the close
+    // handshake would hang until Bun's own timeout.
+    if (this.clientPaused) this.client?.resume();
+    if (this.upstreamPaused) this.upstream.resume();
+    this.clientPaused = false;
+    this.upstreamPaused = false;
+    // A pair whose client never attached was never reported open.
+    if (this.client !== null) this.events.onEnd?.(this, end);
+  }
+
+  private closeClient(action: CloseAction): void {
+    const client = this.client;
+    if (client === null || this.clientSide === Side.Closed) return;
+    // Bun's server sends an empty close frame (no status) for code 1005.
+    client.close(action.code ?? CloseCode.NO_STATUS, clampReason(action.reason));
+  }
+
+  private closeUpstream(action: CloseAction): void {
+    const upstream = this.upstream;
+    if (this.upstreamSide === Side.Closed) return;
+    if (upstream.readyState === WebSocket.CLOSING || upstream.readyState === WebSocket.CLOSED) return;
+    try {
+      if (action.code === undefined) upstream.close();
+      else upstream.close(action.code, clampReason(action.reason));
+    } catch (error) {
+      this.events.onError?.(this, "upstream_close_failed", String(error));
+      upstream.terminate();
+    }
+  }
+
+  private releaseIfClosed(): void {
+    if (this.clientSide === Side.Closed && this.upstreamSide === Side.Closed && this.client !== null) {
+      this.events.onRelease?.(this);
+    }
+  }
+}

@@ -1,0 +1,393 @@
+/**
+ * `createRelay`: the listener, the upgrade path, the set of live pairs, stats
+ * and graceful stop.
+ */
+
+import type { Server, ServerWebSocket, WebSocketHandler } from "bun";
+import { type EndCause, CloseCode } from "./close.ts";
+import { type RelayOptions, type ResolvedRelayOptions, resolveOptions } from "./config.ts";
+import { type EchoServer, startEchoServer } from "./echo.ts";
+import { FlowPoller } from "./flow.ts";
+import {
+  HandshakeError,
+  checkUpgradeRequest,
+  forwardedHeaders,
+  offeredProtocols,
+  upstreamUrl,
+  waitForOpen,
+} from "./handshake.ts";
+import { KeepaliveSweeper } from "./keepalive.ts";
+import { type Logger, createLogger, redactUrl } from "./log.ts";
+import { type PairEnd, type PairEvents, Pair } from "./pair.ts";
+import { setListenerKeepAlive } from "./tcp-keepalive.ts";
+
+/** Running totals of one side's pong round trips, in ms. */
+export interface RttStats {
+  count: number;
+  sumMs: number;
+  maxMs: number;
+}
+
+/** Counters of a relay since it started. */
+export interface RelayStats {
+  activePairs: number;
+  pairsTotal: number;
+  /** Handshake outcomes by HTTP status: `101`, `426`, `502`, `504`, ... and `client_left`. */
+  handshakes: Record<string, number>;
+  endCauses: Partial<Record<EndCause, number>>;
+  messagesToUpstream: number;
+  bytesToUpstream: number;
+  messagesToClient: number;
+  bytesToClient: number;
+  clientPauses: number;
+  upstreamPauses: number;
+  pongRtt: { client: RttStats; upstream: RttStats };
+  missedPongs: { client: number; upstream: number };
+}
+
+/** What one pair adds to the message counters when it ends. */
+type Totals = Pick<
+  RelayStats,
+  | "messagesToUpstream"
+  | "bytesToUpstream"
+  | "messagesToClient"
+  | "bytesToClient"
+  | "clientPauses"
+  | "upstreamPauses"
+>;
+
+/** A relay made by `createRelay`. */
+export interface Relay {
+  /** Starts listening (and the built-in echo upstream, if no upstream was given). */
+  start(): Promise<void>;
+  /**
+   * Stops accepting, waits up to `graceMs` (default: the `shutdownGraceMs`
+   * option) for pairs to end by themselves, closes the rest with 1001
+   * "relay shutting down" on both sides, and releases every socket and timer.
+   */
+  stop(options?: { graceMs?: number }): Promise<void>;
+  /** The bound port; throws before `start()`. */
+  readonly port: number;
+  readonly hostname: string;
+  /** `ws://HOST:PORT`, for clients. */
+  readonly url: string;
+  /** The upstream URL in use (the echo server's when none was given). */
+  readonly upstream: string;
+  /** A snapshot of the counters. */
+  stats(): RelayStats;
+}
+
+/** Delay between checks while waiting for pairs to end during `stop()`. */
+const STOP_POLL_MS = 25;
+/** How long `stop()` waits for closing handshakes after closing the pairs itself. */
+const STOP_CLOSE_WAIT_MS = 2_000;
+
+const websocketHandlers: WebSocketHandler<Pair> = {
+  open: (ws) => ws.data.attach(ws),
+  message: (ws, message) => ws.data.fromClient(message),
+  drain: (ws) => ws.data.clientDrained(),
+  close: (ws, code, reason) => ws.data.clientClosed(code, reason),
+  ping: (ws) => {
+    ws.data.clientSeen = true;
+  },
+  pong: (ws) => ws.data.clientPonged(),
+};
+
+function formatAddress(address: { address: string; port: number; family: string } | null): string {
+  if (address === null) return "";
+  return address.family === "IPv6" ? `[${address.address}]:${address.port}` : `${address.address}:${address.port}`;
+}
+
+function emptyRtt(): RttStats {
+  return { count: 0, sumMs: 0, maxMs: 0 };
+}
+
+/** Creates a relay; nothing listens until `start()`. Throws `ConfigError` for a bad option. */
+export function createRelay(options: RelayOptions = {}): Relay {
+  const config: ResolvedRelayOptions = resolveOptions(options);
+  const logger: Logger = options.logger ?? createLogger();
+  return new RelayServer(config, logger);
+}
+
+class RelayServer implements Relay {
+  private server: Server<Pair> | null = null;
+  private echo: EchoServer | null = null;
+  private upstreamBase: URL | null = null;
+  private readonly flow = new FlowPoller();
+  private readonly sweeper: KeepaliveSweeper<Pair>;
+  /** Attached pairs whose teardown has not started. */
+  private readonly open = new Set<Pair>();
+  /** Attached pairs with a socket still open. */
+  private readonly unreleased = new Set<Pair>();
+  private readonly counters = {
+    pairsTotal: 0,
+    handshakes: {} as Record<string, number>,
+    endCauses: {} as Partial<Record<EndCause, number>>,
+    pongRtt: { client: emptyRtt(), upstream: emptyRtt() },
+    missedPongs: { client: 0, upstream: 0 },
+  };
+  private readonly ended: Totals = {
+    messagesToUpstream: 0,
+    bytesToUpstream: 0,
+    messagesToClient: 0,
+    bytesToClient: 0,
+    clientPauses: 0,
+    upstreamPauses: 0,
+  };
+  private readonly pairEvents: PairEvents;
+  private stopping: Promise<void> | null = null;
+
+  constructor(
+    private readonly config: ResolvedRelayOptions,
+    private readonly logger: Logger,
+  ) {
+    this.sweeper = new KeepaliveSweeper<Pair>(config.pingIntervalMs, config.pongTimeoutMs, (_pair, side) => {
+      this.counters.missedPongs[side]++;
+    });
+    this.pairEvents = {
+      onOpen: (pair) => this.pairOpened(pair),
+      onEnd: (pair, end) => this.pairEnded(pair, end),
+      onRelease: (pair) => this.unreleased.delete(pair),
+      onError: (pair, kind, message) => this.logger.error(kind, message, { pair: pair.id }),
+      onPong: (_pair, side, rttMs) => {
+        const rtt = this.counters.pongRtt[side];
+        rtt.count++;
+        rtt.sumMs += rttMs;
+        if (rttMs > rtt.maxMs) rtt.maxMs = rttMs;
+      },
+    };
+  }
+
+  get port(): number {
+    if (this.server === null) throw new Error("relay is not started; call start() first");
+    return this.server.port as number;
+  }
+
+  get hostname(): string {
+    return this.config.hostname;
+  }
+
+  get url(): string {
+    const host = this.hostname.includes(":") ? `[${this.hostname}]` : this.hostname;
+    return `ws://${host}:${this.port}`;
+  }
+
+  get upstream(): string {
+    return this.upstreamBase?.toString() ?? this.config.upstream ?? "";
+  }
+
+  async start(): Promise<void> {
+    if (this.server !== null) return;
+    let upstream = this.config.upstream;
+    if (upstream === undefined) {
+      this.echo = startEchoServer();
+      upstream = this.echo.url;
+      this.logger.info("no upstream given: relaying to the built-in echo upstream", { upstream });
+    }
+    this.upstreamBase = new URL(upstream);
+    this.server = Bun.serve<Pair>({
+      hostname: this.config.hostname,
+      port: this.config.port,
+      reusePort: this.config.reusePort,
+      fetch: (req, server) => this.handleRequest(req, server),
+      websocket: {
+        ...websocketHandlers,
+        maxPayloadLength: this.config.maxMessageBytes,
+        // No limit: flow control bounds the queue, and at a limit Bun's
+        // send() would drop messages silently (returns 0).
+        backpressureLimit: 0,
+        closeOnBackpressureLimit: false,
+        // The keepalive sweeper judges liveness; see keepalive.ts for why
+        // Bun's idle timer is not used.
+        idleTimeout: 0,
+        sendPings: false,
+        perMessageDeflate: false,
+      },
+    });
+    await this.setTcpKeepAlive();
+    this.sweeper.start();
+    this.logger.info("relay listening", {
+      listen: `${this.hostname}:${this.port}`,
+      upstream: redactUrl(upstream),
+      pid: process.pid,
+    });
+  }
+
+  stop(options: { graceMs?: number } = {}): Promise<void> {
+    this.stopping ??= this.drainAndStop(options.graceMs ?? this.config.shutdownGraceMs);
+    return this.stopping;
+  }
+
+  stats(): RelayStats {
+    const totals: Totals = { ...this.ended };
+    for (const pair of this.open) {
+      const c = pair.counters;
+      totals.messagesToUpstream += c.messagesToUpstream;
+      totals.bytesToUpstream += c.bytesToUpstream;
+      totals.messagesToClient += c.messagesToClient;
+      totals.bytesToClient += c.bytesToClient;
+      totals.clientPauses += c.clientPauses;
+      totals.upstreamPauses += c.upstreamPauses;
+    }
+    const { pongRtt, missedPongs } = this.counters;
+    return {
+      activePairs: this.open.size,
+      pairsTotal: this.counters.pairsTotal,
+      handshakes: { ...this.counters.handshakes },
+      endCauses: { ...this.counters.endCauses },
+      ...totals,
+      pongRtt: { client: { ...pongRtt.client }, upstream: { ...pongRtt.upstream } },
+      missedPongs: { ...missedPongs },
+    };
+  }
+
+  private async setTcpKeepAlive(): Promise<void> {
+    const intervalMs = this.config.tcpKeepAliveMs;
+    if (intervalMs === 0) return;
+    const result = await setListenerKeepAlive(this.port, intervalMs);
+    if (result.ok) {
+      this.logger.debug("TCP keepalive set on the listener", { seconds: intervalMs / 1000, fds: result.fds.join(",") });
+    } else {
+      this.logger.warn("TCP keepalive not set on the listener; dead peers are found by ws pings only", {
+        reason: result.reason,
+      });
+    }
+  }
+
+  private countHandshake(outcome: string): void {
+    const handshakes = this.counters.handshakes;
+    handshakes[outcome] = (handshakes[outcome] ?? 0) + 1;
+  }
+
+  private async handleRequest(req: Request, server: Server<Pair>): Promise<Response | undefined> {
+    const clientAddress = formatAddress(server.requestIP(req));
+    const rejection = this.stopping !== null
+      ? new HandshakeError("upstream_refused", 503, "relay is shutting down")
+      : checkUpgradeRequest(req);
+    if (rejection !== null) {
+      this.countHandshake(String(rejection.status));
+      this.logger.debug("request rejected", { client: clientAddress, status: rejection.status, error: rejection.message });
+      return rejection.toResponse();
+    }
+    const target = upstreamUrl(this.upstreamBase as URL, req.url);
+    let pair: Pair;
+    try {
+      pair = this.dial(req, target, clientAddress);
+    } catch (error) {
+      // Bun's WebSocket constructor rejects malformed or duplicate subprotocols.
+      const message = `invalid Sec-WebSocket-Protocol offer: ${(error as Error).message}`;
+      this.countHandshake("400");
+      return new HandshakeError("bad_request", 400, message).toResponse();
+    }
+    return this.upgradeWhenOpen(req, server, pair);
+  }
+
+  private dial(req: Request, target: string, clientAddress: string): Pair {
+    const clientIp = clientAddress.replace(/^\[?([^\]]*)\]?:\d+$/, "$1");
+    const protocols = offeredProtocols(req.headers.get("sec-websocket-protocol"));
+    const upstream = new WebSocket(target, {
+      protocols: protocols.length > 0 ? protocols : undefined,
+      headers: forwardedHeaders(req, clientIp, false),
+      perMessageDeflate: false,
+    });
+    const pair = new Pair(upstream, this.config, this.flow, this.pairEvents, this.config.onMessage);
+    pair.clientAddress = clientAddress;
+    pair.target = redactUrl(target);
+    return pair;
+  }
+
+  private async upgradeWhenOpen(req: Request, server: Server<Pair>, pair: Pair): Promise<Response | undefined> {
+    const upstream = pair.upstream;
+    try {
+      await waitForOpen(upstream, this.config.dialTimeoutMs, req.signal);
+    } catch (error) {
+      const failure = error as HandshakeError;
+      this.countHandshake(failure.code === "client_left" ? "client_left" : String(failure.status));
+      this.logger.error(failure.code, failure.message, {
+        client: pair.clientAddress,
+        upstream: pair.target,
+        status: failure.status,
+      });
+      return failure.toResponse();
+    }
+    pair.dialMs = pair.ageMs;
+    const upgraded = server.upgrade(req, {
+      data: pair,
+      // Without this header Bun answers the client's first offer itself;
+      // an empty value sends none.
+      headers: { "Sec-WebSocket-Protocol": upstream.protocol },
+    });
+    if (!upgraded) {
+      this.countHandshake("client_left");
+      pair.abandon("client left before the handshake completed");
+      return new HandshakeError("client_left", 400, "upgrade failed").toResponse();
+    }
+    this.countHandshake("101");
+    return undefined;
+  }
+
+  private pairOpened(pair: Pair): void {
+    this.counters.pairsTotal++;
+    this.open.add(pair);
+    this.unreleased.add(pair);
+    this.sweeper.add(pair);
+    this.logger.info("pair open", {
+      pair: pair.id,
+      client: pair.clientAddress,
+      upstream: pair.target,
+      subprotocol: pair.upstream.protocol,
+      dial_ms: Math.round(pair.dialMs * 10) / 10,
+    });
+  }
+
+  private pairEnded(pair: Pair, end: PairEnd): void {
+    this.open.delete(pair);
+    this.sweeper.delete(pair);
+    const causes = this.counters.endCauses;
+    causes[end.cause] = (causes[end.cause] ?? 0) + 1;
+    const c = pair.counters;
+    const ended = this.ended;
+    ended.messagesToUpstream += c.messagesToUpstream;
+    ended.bytesToUpstream += c.bytesToUpstream;
+    ended.messagesToClient += c.messagesToClient;
+    ended.bytesToClient += c.bytesToClient;
+    ended.clientPauses += c.clientPauses;
+    ended.upstreamPauses += c.upstreamPauses;
+    this.logger.info("pair closed", {
+      pair: pair.id,
+      client: pair.clientAddress,
+      upstream: pair.target,
+      cause: end.cause,
+      closed_by: end.closedBy,
+      code: end.code,
+      reason: end.reason,
+      duration_ms: Math.round(pair.ageMs),
+      messages_to_upstream: c.messagesToUpstream,
+      bytes_to_upstream: c.bytesToUpstream,
+      messages_to_client: c.messagesToClient,
+      bytes_to_client: c.bytesToClient,
+    });
+  }
+
+  private async drainAndStop(graceMs: number): Promise<void> {
+    const server = this.server;
+    if (server === null) return;
+    this.logger.info("relay stopping", { open_pairs: this.open.size, grace_ms: graceMs });
+    void server.stop(false);
+    await this.waitUntil(() => this.open.size === 0, graceMs);
+    for (const pair of [...this.open]) pair.close(CloseCode.GOING_AWAY, "relay shutting down", "shutdown");
+    await this.waitUntil(() => this.unreleased.size === 0, STOP_CLOSE_WAIT_MS);
+    this.sweeper.stop();
+    this.flow.stop();
+    await server.stop(true);
+    this.echo?.stop();
+    this.logger.info("relay stopped", { pairs_total: this.counters.pairsTotal });
+  }
+
+  private async waitUntil(done: () => boolean, timeoutMs: number): Promise<void> {
+    const deadline = performance.now() + timeoutMs;
+    while (!done() && performance.now() < deadline) await Bun.sleep(STOP_POLL_MS);
+  }
+}
+
+export type { ServerWebSocket };
