@@ -87,6 +87,20 @@ const enum Side {
 
 let nextId = 1;
 
+/**
+ * Reports whether a side with a backlog is reading. A ping to such a side
+ * waits behind the kernel's buffer and the relay's queue, so its pong can
+ * be late while the side is healthy. The relay's queue (`queued*`, from
+ * `bufferedAmount`) only moves into the kernel when the kernel buffer has
+ * room, which with a backlog means the side read something since the ping.
+ * A side with no backlog must answer the ping itself: outgoing traffic that
+ * the kernel absorbs proves nothing about the peer.
+ */
+function isDraining(queuedAtPing: number, bytesSincePing: number, queuedNow: number): boolean {
+  const backlogged = queuedAtPing > 0 || queuedNow > 0;
+  return backlogged && queuedAtPing + bytesSincePing - queuedNow > 0;
+}
+
 function byteLength(data: Message): number {
   return typeof data === "string" ? Buffer.byteLength(data) : data.byteLength;
 }
@@ -125,6 +139,10 @@ export class Pair {
   clientPausedSincePing = false;
   upstreamPausedSincePing = false;
   private pingSentAt = 0;
+  private clientQueuedAtPing = 0;
+  private upstreamQueuedAtPing = 0;
+  private clientBytesAtPing = 0;
+  private upstreamBytesAtPing = 0;
   private clientPongPending = false;
   private upstreamPongPending = false;
 
@@ -296,17 +314,23 @@ export class Pair {
 
   /**
    * Sends a ping to each side whose reader is running, and clears its sign
-   * of life. A paused side is skipped: its pong could not be read.
+   * of life. A paused side is skipped: its pong could not be read. The bytes
+   * queued toward each side are noted, because a ping waits behind them.
    */
   ping(): void {
     if (this.state !== State.Open) return;
+    const client = this.client as ServerWebSocket<unknown>;
     this.pingSentAt = performance.now();
     this.clientPausedSincePing = this.clientPaused;
     this.upstreamPausedSincePing = this.upstreamPaused;
+    this.clientQueuedAtPing = client.getBufferedAmount();
+    this.upstreamQueuedAtPing = this.upstream.bufferedAmount;
+    this.clientBytesAtPing = this.counters.bytesToClient;
+    this.upstreamBytesAtPing = this.counters.bytesToUpstream;
     if (!this.clientPaused) {
       this.clientSeen = false;
       this.clientPongPending = true;
-      this.client?.ping();
+      client.ping();
     }
     if (!this.upstreamPaused) {
       this.upstreamSeen = false;
@@ -315,11 +339,28 @@ export class Pair {
     }
   }
 
-  /** Returns the side that gave no sign of life since the last ping, if any. */
+  /**
+   * Returns the side that gave no sign of life since the last ping, if any.
+   * A side counts as alive when it sent any frame, when the relay paused its
+   * reader (its pong may be unread), or, when it has a backlog, when the
+   * backlog moved (see `isDraining`).
+   */
   silentSide(): "client" | "upstream" | null {
     if (this.state !== State.Open) return null;
-    if (!this.clientSeen && !this.clientPausedSincePing && !this.clientPaused) return "client";
-    if (!this.upstreamSeen && !this.upstreamPausedSincePing && !this.upstreamPaused) return "upstream";
+    const client = this.client as ServerWebSocket<unknown>;
+    const c = this.counters;
+    const clientAlive =
+      this.clientSeen ||
+      this.clientPausedSincePing ||
+      this.clientPaused ||
+      isDraining(this.clientQueuedAtPing, c.bytesToClient - this.clientBytesAtPing, client.getBufferedAmount());
+    if (!clientAlive) return "client";
+    const upstreamAlive =
+      this.upstreamSeen ||
+      this.upstreamPausedSincePing ||
+      this.upstreamPaused ||
+      isDraining(this.upstreamQueuedAtPing, c.bytesToUpstream - this.upstreamBytesAtPing, this.upstream.bufferedAmount);
+    if (!upstreamAlive) return "upstream";
     return null;
   }
 

@@ -19,7 +19,7 @@ import {
 import { KeepaliveSweeper } from "./keepalive.ts";
 import { type Logger, createLogger, redactUrl } from "./log.ts";
 import { type PairEnd, type PairEvents, Pair } from "./pair.ts";
-import { setListenerKeepAlive } from "./tcp-keepalive.ts";
+import { OutboundKeepAlive, setListenerKeepAlive } from "./tcp-keepalive.ts";
 
 /** Running totals of one side's pong round trips, in ms. */
 export interface RttStats {
@@ -77,6 +77,8 @@ export interface Relay {
   stats(): RelayStats;
 }
 
+/** Delay from a new pair's open to the sweep that sets TCP keepalive on its upstream socket. */
+const OUTBOUND_KEEPALIVE_DELAY_MS = 1_000;
 /** Delay between checks while waiting for pairs to end during `stop()`. */
 const STOP_POLL_MS = 25;
 /** How long `stop()` waits for closing handshakes after closing the pairs itself. */
@@ -136,6 +138,8 @@ class RelayServer implements Relay {
   };
   private readonly pairEvents: PairEvents;
   private stopping: Promise<void> | null = null;
+  private outboundKeepAlive: OutboundKeepAlive | null = null;
+  private outboundTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(
     private readonly config: ResolvedRelayOptions,
@@ -247,11 +251,26 @@ class RelayServer implements Relay {
     const result = await setListenerKeepAlive(this.port, intervalMs);
     if (result.ok) {
       this.logger.debug("TCP keepalive set on the listener", { seconds: intervalMs / 1000, fds: result.fds.join(",") });
+      const base = this.upstreamBase as URL;
+      const upstreamPort = Number(base.port || (base.protocol === "wss:" ? 443 : 80));
+      this.outboundKeepAlive = new OutboundKeepAlive(upstreamPort, intervalMs);
     } else {
       this.logger.warn("TCP keepalive not set on the listener; dead peers are found by ws pings only", {
         reason: result.reason,
       });
     }
+  }
+
+  private scheduleOutboundKeepAlive(): void {
+    const outbound = this.outboundKeepAlive;
+    if (outbound === null || this.outboundTimer !== undefined) return;
+    this.outboundTimer = setTimeout(async () => {
+      const result = await outbound.sweep();
+      this.outboundTimer = undefined;
+      if (!result.ok) {
+        this.logger.error("outbound_keepalive_failed", "TCP keepalive not set on upstream sockets", { reason: result.reason });
+      }
+    }, OUTBOUND_KEEPALIVE_DELAY_MS);
   }
 
   private countHandshake(outcome: string): void {
@@ -331,6 +350,7 @@ class RelayServer implements Relay {
     this.open.add(pair);
     this.unreleased.add(pair);
     this.sweeper.add(pair);
+    this.scheduleOutboundKeepAlive();
     this.logger.info("pair open", {
       pair: pair.id,
       client: pair.clientAddress,
@@ -379,6 +399,8 @@ class RelayServer implements Relay {
     await this.waitUntil(() => this.unreleased.size === 0, STOP_CLOSE_WAIT_MS);
     this.sweeper.stop();
     this.flow.stop();
+    clearTimeout(this.outboundTimer);
+    this.outboundKeepAlive = null;
     await server.stop(true);
     this.echo?.stop();
     this.logger.info("relay stopped", { pairs_total: this.counters.pairsTotal });

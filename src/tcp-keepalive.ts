@@ -121,11 +121,12 @@ function setOptions(c: Libc, fd: number, seconds: number): string | null {
   return null;
 }
 
-async function applyToSockets(inodes: Set<string>, intervalMs: number, what: string): Promise<KeepAliveResult> {
+/** Sets keepalive on this process's sockets among `inodes`; `what` names them when none is found. */
+async function applyToSockets(inodes: Set<string>, intervalMs: number, what: string | null): Promise<KeepAliveResult> {
   const c = await loadLibc();
   if (c === null) return { ok: false, reason: libcError };
   const fds = fdsForInodes(inodes);
-  if (fds.length === 0) return { ok: false, reason: `no ${what} socket of this process found in /proc` };
+  if (fds.length === 0 && what !== null) return { ok: false, reason: `no ${what} socket of this process found in /proc` };
   const seconds = Math.max(1, Math.round(intervalMs / 1000));
   for (const fd of fds) {
     const failure = setOptions(c, fd, seconds);
@@ -148,19 +149,34 @@ export async function setListenerKeepAlive(port: number, intervalMs: number): Pr
 }
 
 /**
- * Turns on TCP keepalive for every established socket of this process whose
- * remote port is `remotePort`: the relay's upstream connections. Setting it
- * twice on one socket is harmless.
+ * TCP keepalive for the relay's upstream connections. Bun's client
+ * `WebSocket` exposes no socket, so `sweep()` sets keepalive on every
+ * established socket of this process whose remote port is the upstream's,
+ * skipping sockets it already set. One sweep reads /proc once, so the relay
+ * runs it at most once a second, and only after new pairs opened.
  */
-export async function setOutboundKeepAlive(remotePort: number, intervalMs: number): Promise<KeepAliveResult> {
-  try {
-    return await applyToSockets(
-      socketInodes(remotePort, TCP_STATE_ESTABLISHED, 2),
-      intervalMs,
-      `established :${remotePort}`,
-    );
-  } catch (error) {
-    return { ok: false, reason: (error as Error).message };
+export class OutboundKeepAlive {
+  private readonly done = new Set<string>();
+
+  constructor(
+    private readonly remotePort: number,
+    private readonly intervalMs: number,
+  ) {}
+
+  async sweep(): Promise<KeepAliveResult> {
+    try {
+      const current = socketInodes(this.remotePort, TCP_STATE_ESTABLISHED, 2);
+      for (const inode of this.done) if (!current.has(inode)) this.done.delete(inode);
+      const fresh = new Set([...current].filter((inode) => !this.done.has(inode)));
+      if (fresh.size === 0) return { ok: true, fds: [] };
+      // Sockets of other processes to the same port are listed too; they
+      // have no fd here and are simply skipped.
+      const result = await applyToSockets(fresh, this.intervalMs, null);
+      if (result.ok) for (const inode of fresh) this.done.add(inode);
+      return result;
+    } catch (error) {
+      return { ok: false, reason: (error as Error).message };
+    }
   }
 }
 

@@ -135,6 +135,7 @@ export class RawConnection {
     });
     socket.on("error", () => {});
     if (leftover.length > 0) this.frames.push(...this.parser.push(leftover));
+    socket.resume();
   }
 
   /** Sends one frame, masked when this is the client side. */

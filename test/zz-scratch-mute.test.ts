@@ -1,0 +1,45 @@
+import { test } from "bun:test";
+import { startRelay } from "/work/main/test/helpers/peers.ts";
+import { createServer } from "node:net";
+test("timing of mute", async () => {
+  let closedAt = 0;
+  let gotData = 0;
+  const srv = createServer((s) => { s.on("data", () => { gotData = performance.now(); }); s.on("close", () => { closedAt = performance.now(); }); s.on("error", (e) => console.log("sock err", e.message)); });
+  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", () => r()));
+  const port = (srv.address() as any).port;
+  await using relay = await startRelay({ upstream: `ws://127.0.0.1:${port}`, dialTimeoutMs: 300 });
+  const t0 = performance.now();
+  const ws = new WebSocket(relay.url);
+  await new Promise<void>((r) => { ws.onclose = () => r(); });
+  console.log("client closed after", performance.now() - t0, "upstream got request at", gotData - t0);
+  while (closedAt === 0 && performance.now() - t0 < 20000) await Bun.sleep(10);
+  console.log("upstream socket closed after", closedAt - t0);
+  srv.close();
+}, 30000);
+test("direct terminate of connecting socket", async () => {
+  let closedAt = 0;
+  const srv = createServer((s) => { s.on("close", () => { closedAt = performance.now(); }); s.on("error", () => {}); });
+  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", () => r()));
+  const port = (srv.address() as any).port;
+  const ws = new WebSocket(`ws://127.0.0.1:${port}`);
+  await Bun.sleep(100);
+  const t0 = performance.now();
+  ws.terminate();
+  while (closedAt === 0 && performance.now() - t0 < 20000) await Bun.sleep(10);
+  console.log("direct: upstream socket closed after terminate", closedAt - t0, "readyState", ws.readyState);
+  srv.close();
+}, 30000);
+test("direct close() of connecting socket", async () => {
+  let closedAt = 0;
+  const srv = createServer((s) => { s.on("close", () => { closedAt = performance.now(); }); s.on("error", () => {}); });
+  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", () => r()));
+  const port = (srv.address() as any).port;
+  const ws = new WebSocket(`ws://127.0.0.1:${port}`);
+  ws.onerror = () => {};
+  await Bun.sleep(100);
+  const t0 = performance.now();
+  ws.close();
+  while (closedAt === 0 && performance.now() - t0 < 20000) await Bun.sleep(10);
+  console.log("direct: upstream socket closed after close()", closedAt - t0, "readyState", ws.readyState);
+  srv.close();
+}, 30000);
