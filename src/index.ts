@@ -5,7 +5,7 @@
 
 export { createRelay, type Relay, type RelayStats, type RttStats } from "./relay.ts";
 export { type RelayOptions, ConfigError, parseDuration, parseSize } from "./config.ts";
-export { bridge, bridgeHandlers, dialUpstream, type Bridge, type BridgeOptions } from "./bridge.ts";
+export { bridge, bridgeHandlers, dialUpstream, type Bridge, type BridgeData, type BridgeOptions } from "./bridge.ts";
 export { keepAlive, type KeepAliveHandle } from "./keepalive.ts";
 export { serveWithKeepAlive } from "./listen.ts";
 export { setListenerKeepAlive, type KeepAliveResult } from "./tcp-keepalive.ts";
