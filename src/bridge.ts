@@ -29,7 +29,7 @@ export interface BridgeOptions {
   maxMessageBytes?: number;
   /** Ping period for both sides; 0 turns pings off. Default 30 s. */
   pingIntervalMs?: number;
-  /** Time a side has to answer a ping. Default 10 s. */
+  /** Time a side has to send a pong (or any frame) after a ping. Default 10 s. */
   pongTimeoutMs?: number;
 }
 

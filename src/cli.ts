@@ -21,7 +21,7 @@ import {
 } from "./config.ts";
 import type { LogFormat, LogLevel } from "./log.ts";
 
-/** What the command line asks for. */
+/** The parsed command line: what to do and with which options. */
 export interface CommandLine {
   action: "run" | "help" | "version";
   relay: RelayOptions;
@@ -88,7 +88,7 @@ const FLAGS: FlagSpec[] = [
     flag: "--pong-timeout",
     value: "DURATION",
     defaultText: `${DEFAULT_PONG_TIMEOUT_MS / 1000}s`,
-    help: "time a side has to answer a ping (or send anything) before the pair is closed",
+    help: "time a side has to send a pong (or any frame) after a ping before the pair is closed",
     apply(line, text, flag) {
       line.relay.pongTimeoutMs = parseDuration(flag, text);
     },
@@ -133,7 +133,7 @@ const FLAGS: FlagSpec[] = [
     flag: "--log-level",
     value: "LEVEL",
     defaultText: "info",
-    help: `least severe level written: ${LOG_LEVELS.join(", ")}`,
+    help: `minimum level of the lines written: ${LOG_LEVELS.join(", ")}`,
     apply(line, text, flag) {
       line.logLevel = oneOf(flag, text, LOG_LEVELS);
     },
@@ -167,7 +167,7 @@ export function envName(flag: string): string {
   return `WSBRIDGE_${flag.slice(2).toUpperCase().replaceAll("-", "_")}`;
 }
 
-/** The `--help` text. */
+/** Builds the `--help` text from the flag table. */
 export function helpText(): string {
   const rows = FLAGS.map((spec) => {
     const left = `  ${spec.flag} ${spec.value}`;

@@ -4,7 +4,7 @@
  * upstream's open with a deadline, since Bun's client has none.
  */
 
-/** Why a handshake did not reach the 101; `status` is what the client is answered. */
+/** Why a handshake did not reach the 101; `status` is the HTTP status sent to the client. */
 export type HandshakeErrorCode =
   | "not_websocket"
   | "method_not_allowed"
@@ -26,7 +26,7 @@ export class HandshakeError extends Error {
     this.name = "HandshakeError";
   }
 
-  /** The HTTP answer to the client: the status and a one-line body. */
+  /** Builds the HTTP response for the client: the status and a one-line body. */
   toResponse(): Response {
     return new Response(`${this.message}\n`, {
       status: this.status,
@@ -199,7 +199,7 @@ export function waitForOpen(upstream: WebSocket, timeoutMs: number, signal?: Abo
   });
 }
 
-/** Turns Bun's dial error text into the client's answer. */
+/** Maps Bun's dial error text to the HTTP status and message for the client. */
 function dialError(message: string): HandshakeError {
   // Bun 1.4.4 reports a non-101 answer only in the text: "... Expected 101 status code: 403".
   const status = Number(/Expected 101 status code: (\d{3})/.exec(message)?.[1]);

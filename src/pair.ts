@@ -15,7 +15,7 @@ import {
 } from "./close.ts";
 import type { FlowPoller } from "./flow.ts";
 
-/** Which way a message travels through the relay. */
+/** The direction a message travels through the relay. */
 export type Direction = "client-to-upstream" | "upstream-to-client";
 
 /** A message as Bun delivers it: text as `string`, binary as `Buffer`. */
@@ -27,10 +27,10 @@ export type Message = string | Buffer;
  */
 export type MessageHook = (direction: Direction, data: Message) => void;
 
-/** Which side decided the end of a pair. */
+/** The side that decided the end of a pair. */
 export type Closer = "client" | "upstream" | "relay";
 
-/** How a pair ended, as logged and counted. */
+/** The end of a pair, as logged and counted. */
 export interface PairEnd {
   cause: EndCause;
   closedBy: Closer;
@@ -93,8 +93,8 @@ let nextId = 1;
  * be late while the side is healthy. The relay's queue (`queued*`, from
  * `bufferedAmount`) only moves into the kernel when the kernel buffer has
  * room, which with a backlog means the side read something since the ping.
- * A side with no backlog must answer the ping itself: outgoing traffic that
- * the kernel absorbs proves nothing about the peer.
+ * A side with no backlog must send a pong or another frame, because outgoing
+ * traffic that the kernel absorbs proves nothing about the peer.
  */
 function isDraining(queuedAtPing: number, bytesSincePing: number, queuedNow: number): boolean {
   const backlogged = queuedAtPing > 0 || queuedNow > 0;
@@ -109,7 +109,7 @@ function byteLength(data: Message): number {
  * A client socket accepted by `Bun.serve` joined to one upstream `WebSocket`.
  *
  * Create it as soon as the upstream `WebSocket` exists (before it opens): it
- * pauses the upstream reader at once and holds anything the upstream sends
+ * pauses the upstream reader at once and keeps anything the upstream sends
  * until `attach()` joins the client, so no early message is lost.
  */
 export class Pair {
@@ -416,7 +416,6 @@ export class Pair {
     if (this.state === State.Dialled && this.client === null) {
       // The upstream closed between its open and the client's; the close is
       // passed on once the client is attached, after the early messages.
-      this.earlyClose = event;
       return;
     }
     this.upstreamSide = Side.Closed;

@@ -45,7 +45,7 @@ export interface RelayStats {
   missedPongs: { client: number; upstream: number };
 }
 
-/** What one pair adds to the message counters when it ends. */
+/** Message counters that a pair adds to the relay totals when it ends. */
 type Totals = Pick<
   RelayStats,
   | "messagesToUpstream"
@@ -332,8 +332,8 @@ class RelayServer implements Relay {
     pair.dialMs = pair.ageMs;
     const upgraded = server.upgrade(req, {
       data: pair,
-      // Without this header Bun answers the client's first offer itself;
-      // an empty value sends none.
+      // Without this header Bun accepts the client's first offer by itself;
+      // an empty value sends no header.
       headers: { "Sec-WebSocket-Protocol": upstream.protocol },
     });
     if (!upgraded) {

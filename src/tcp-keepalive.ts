@@ -25,7 +25,7 @@ export const TCP_KEEPALIVE_PROBES = 9;
 const TCP_STATE_LISTEN = "0A";
 const TCP_STATE_ESTABLISHED = "01";
 
-/** The outcome of setting keepalive; `reason` says why it could not be set. */
+/** The outcome of setting keepalive; `reason` explains why it could not be set. */
 export type KeepAliveResult = { ok: true; fds: number[] } | { ok: false; reason: string };
 
 interface Libc {
@@ -152,8 +152,9 @@ export async function setListenerKeepAlive(port: number, intervalMs: number): Pr
  * TCP keepalive for the relay's upstream connections. Bun's client
  * `WebSocket` exposes no socket, so `sweep()` sets keepalive on every
  * established socket of this process whose remote port is the upstream's,
- * skipping sockets it already set. One sweep reads /proc once, so the relay
- * runs it at most once a second, and only after new pairs opened.
+ * skipping sockets it already set. A sweep reads all of /proc/net/tcp, so
+ * the relay (`scheduleOutboundKeepAlive`) runs it at most once a second,
+ * and only after new pairs opened.
  */
 export class OutboundKeepAlive {
   private readonly done = new Set<string>();
