@@ -416,6 +416,7 @@ export class Pair {
     if (this.state === State.Dialled && this.client === null) {
       // The upstream closed between its open and the client's; the close is
       // passed on once the client is attached, after the early messages.
+      this.earlyClose = event;
       return;
     }
     this.upstreamSide = Side.Closed;
