@@ -12,6 +12,7 @@ export type HandshakeErrorCode =
   | "unsupported_version"
   | "upstream_refused"
   | "upstream_rejected"
+  | "upstream_no_subprotocol"
   | "upstream_timeout"
   | "client_left";
 
@@ -207,5 +208,12 @@ function dialError(message: string): HandshakeError {
     return new HandshakeError("upstream_rejected", status, `upstream rejected the handshake with ${status}`);
   }
   const detail = message.replace(/^WebSocket connection to '[^']*' failed: /, "");
+  if (detail === "Missing client protocol") {
+    return new HandshakeError(
+      "upstream_no_subprotocol",
+      502,
+      "upstream accepted none of the offered subprotocols",
+    );
+  }
   return new HandshakeError("upstream_refused", 502, `upstream handshake failed: ${detail || "unknown error"}`);
 }

@@ -289,23 +289,39 @@ class RelayServer implements Relay {
       return rejection.toResponse();
     }
     const target = upstreamUrl(this.upstreamBase as URL, req.url);
+    const offer = offeredProtocols(req.headers.get("sec-websocket-protocol"));
     let pair: Pair;
     try {
-      pair = this.dial(req, target, clientAddress);
+      pair = this.dial(req, target, clientAddress, offer);
     } catch (error) {
       // Bun's WebSocket constructor rejects malformed or duplicate subprotocols.
       const message = `invalid Sec-WebSocket-Protocol offer: ${(error as Error).message}`;
       this.countHandshake("400");
       return new HandshakeError("bad_request", 400, message).toResponse();
     }
-    return this.upgradeWhenOpen(req, server, pair);
+    let outcome = await this.waitForUpstream(req, pair);
+    if (outcome?.code === "upstream_no_subprotocol") {
+      // RFC 6455 section 4.2.2 lets a server pick none of the offered
+      // subprotocols, but Bun's client (like a browser) fails such a
+      // handshake. Dialling again without the offer lets the client, which
+      // may accept "no subprotocol", decide for itself.
+      // TODO: an upstream handshake of our own would avoid this second dial,
+      // which the upstream sees as a connection that opened and dropped.
+      this.logger.debug("upstream picked none of the offered subprotocols; dialling again without an offer", {
+        client: clientAddress,
+        upstream: pair.target,
+      });
+      pair = this.dial(req, target, clientAddress, []);
+      outcome = await this.waitForUpstream(req, pair);
+    }
+    if (outcome !== null) return this.rejectHandshake(outcome, pair);
+    return this.upgrade(req, server, pair);
   }
 
-  private dial(req: Request, target: string, clientAddress: string): Pair {
+  private dial(req: Request, target: string, clientAddress: string, offer: string[]): Pair {
     const clientIp = clientAddress.replace(/^\[?([^\]]*)\]?:\d+$/, "$1");
-    const protocols = offeredProtocols(req.headers.get("sec-websocket-protocol"));
     const upstream = new WebSocket(target, {
-      protocols: protocols.length > 0 ? protocols : undefined,
+      protocols: offer.length > 0 ? offer : undefined,
       headers: forwardedHeaders(req, clientIp, false),
       perMessageDeflate: false,
     });
@@ -315,26 +331,33 @@ class RelayServer implements Relay {
     return pair;
   }
 
-  private async upgradeWhenOpen(req: Request, server: Server<Pair>, pair: Pair): Promise<Response | undefined> {
-    const upstream = pair.upstream;
+  /** Waits for the pair's upstream to open; returns the failure, or null once it is open. */
+  private async waitForUpstream(req: Request, pair: Pair): Promise<HandshakeError | null> {
     try {
-      await waitForOpen(upstream, this.config.dialTimeoutMs, req.signal);
+      await waitForOpen(pair.upstream, this.config.dialTimeoutMs, req.signal);
+      pair.dialMs = pair.ageMs;
+      return null;
     } catch (error) {
-      const failure = error as HandshakeError;
-      this.countHandshake(failure.code === "client_left" ? "client_left" : String(failure.status));
-      this.logger.error(failure.code, failure.message, {
-        client: pair.clientAddress,
-        upstream: pair.target,
-        status: failure.status,
-      });
-      return failure.toResponse();
+      return error as HandshakeError;
     }
-    pair.dialMs = pair.ageMs;
+  }
+
+  private rejectHandshake(failure: HandshakeError, pair: Pair): Response {
+    this.countHandshake(failure.code === "client_left" ? "client_left" : String(failure.status));
+    this.logger.error(failure.code, failure.message, {
+      client: pair.clientAddress,
+      upstream: pair.target,
+      status: failure.status,
+    });
+    return failure.toResponse();
+  }
+
+  private upgrade(req: Request, server: Server<Pair>, pair: Pair): Response | undefined {
     const upgraded = server.upgrade(req, {
       data: pair,
       // Without this header Bun accepts the client's first offer by itself;
       // an empty value sends no header.
-      headers: { "Sec-WebSocket-Protocol": upstream.protocol },
+      headers: { "Sec-WebSocket-Protocol": pair.upstream.protocol },
     });
     if (!upgraded) {
       this.countHandshake("client_left");

@@ -8,7 +8,7 @@ import { checkUpgradeRequest, forwardedHeaders, offeredProtocols, upstreamUrl } 
 
 const VALID_KEY = "dGhlIHNhbXBsZSBub25jZQ==";
 
-/** A valid upgrade request for `/`, with `headers` added or replacing the defaults. */
+/** Builds a valid upgrade request for `/`, with `headers` added to or replacing the defaults. */
 function upgradeRequest(headers: Record<string, string> = {}, method = "GET"): Request {
   return new Request("http://relay.test/", {
     method,
@@ -23,7 +23,7 @@ function upgradeRequest(headers: Record<string, string> = {}, method = "GET"): R
   });
 }
 
-/** The same request without the header `name`. */
+/** Builds a valid upgrade request for `/` without the header `name`. */
 function upgradeRequestWithout(name: string): Request {
   const request = upgradeRequest();
   request.headers.delete(name);

@@ -1,10 +1,10 @@
 /**
  * The relay's handshake on real sockets: what the upstream request carries,
- * which subprotocol the client is told, how failed dials are answered, and
- * that messages sent the moment either side opens are not lost.
+ * which subprotocol the relay's 101 names, which status a failed dial gets,
+ * and that messages sent the moment either side opens are not lost.
  */
 
-import { describe, expect, test } from "bun:test";
+import { beforeAll, describe, expect, test } from "bun:test";
 import { createHash } from "node:crypto";
 import { type Server as NetServer, type Socket, connect, createServer } from "node:net";
 import {
@@ -17,7 +17,7 @@ import {
   startWsUpstream,
   waitFor,
 } from "./helpers/peers.ts";
-import { Opcode, type RawConnection, type RawHandshake, rawConnect, startRawUpstream } from "./helpers/raw.ts";
+import { Opcode, RawConnection, type RawHandshake, rawConnect, startRawUpstream } from "./helpers/raw.ts";
 
 const WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
@@ -27,12 +27,12 @@ function headerLines(handshake: RawHandshake, name: string): string[] {
   return handshake.rawHeaderLines.filter((line) => line.toLowerCase().startsWith(prefix));
 }
 
-/** Sends every text and binary frame back and answers a close frame with the same payload. */
+/** Echoes every text and binary frame, and replies to a close frame with a close frame of the same payload. */
 function echoFrames(connection: RawConnection): void {
-  let seen = connection.frames.length;
-  connection.socket.on("data", () => {
-    for (; seen < connection.frames.length; seen++) {
-      const frame = connection.frames[seen];
+  let handled = 0;
+  const handleNewFrames = (): void => {
+    for (; handled < connection.frames.length; handled++) {
+      const frame = connection.frames[handled];
       if (frame === undefined) continue;
       if (frame.opcode === Opcode.TEXT || frame.opcode === Opcode.BINARY) connection.send(frame.opcode, frame.payload);
       if (frame.opcode === Opcode.CLOSE) {
@@ -40,7 +40,10 @@ function echoFrames(connection: RawConnection): void {
         connection.socket.end();
       }
     }
-  });
+  };
+  // Frames that came with the 101 are already parsed, and later ones arrive through 'data' events.
+  handleNewFrames();
+  connection.socket.on("data", handleNewFrames);
 }
 
 /** Connects a Bun client through `relay`, sends one message and returns what came back. */
@@ -53,22 +56,19 @@ async function relayRoundTrip(relay: TestRelay, path = "/"): Promise<string | un
 }
 
 /**
- * A TCP server that reads each request head and then, per request path,
- * sends nothing ("mute"), completes the WebSocket handshake and echoes
- * ("accept"), or writes the given HTTP text and keeps the socket open so the
- * test can see whether the relay closes it.
+ * A TCP server that reads each request head and then acts by request path.
+ * It sends nothing ("mute"), completes the WebSocket handshake and echoes
+ * ("accept"), or writes the given HTTP response. After a response it keeps
+ * the socket open, so a test can check that the relay closes it.
  */
 interface ScriptedUpstream extends AsyncDisposable {
   readonly url: string;
-  readonly port: number;
   readonly requests: string[];
-  /** Sockets accepted so far, in order. */
-  readonly sockets: Socket[];
   /** Number of accepted sockets that have closed. */
   readonly closedCount: () => number;
 }
 
-type Script = "mute" | "accept" | { answer: string };
+type Script = "mute" | "accept" | { response: string };
 
 async function startScriptedUpstream(script: (path: string) => Script): Promise<ScriptedUpstream> {
   const requests: string[] = [];
@@ -78,27 +78,28 @@ async function startScriptedUpstream(script: (path: string) => Script): Promise<
     sockets.push(socket);
     socket.on("close", () => closed++);
     socket.on("error", () => {});
-    let head = "";
+    let buffered = Buffer.alloc(0);
     const onData = (chunk: Buffer): void => {
-      head += chunk.toString("latin1");
-      const end = head.indexOf("\r\n\r\n");
+      buffered = Buffer.concat([buffered, chunk]);
+      const end = buffered.indexOf("\r\n\r\n");
       if (end < 0) return;
       socket.off("data", onData);
-      const requestHead = head.slice(0, end);
-      requests.push(requestHead);
-      const path = /^GET (\S+)/.exec(requestHead)?.[1] ?? "";
-      const action = script(path);
-      if (action === "mute") return;
-      if (action === "accept") {
-        const key = /sec-websocket-key:\s*(\S+)/i.exec(requestHead)?.[1] ?? "";
-        const accept = createHash("sha1").update(key + WEBSOCKET_GUID).digest("base64");
-        socket.write(
-          `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`,
-        );
-        socket.on("data", (frameBytes: Buffer) => echoRawFrames(socket, frameBytes));
+      const head = buffered.subarray(0, end).toString("latin1");
+      requests.push(head);
+      const action = script(/^GET (\S+)/.exec(head)?.[1] ?? "");
+      if (action !== "accept") {
+        // The socket keeps reading and dropping bytes, so it detects the relay's FIN or RST.
+        socket.resume();
+        if (action !== "mute") socket.write(action.response);
         return;
       }
-      socket.write(action.answer);
+      const key = /sec-websocket-key:\s*(\S+)/i.exec(head)?.[1] ?? "";
+      const accept = createHash("sha1").update(key + WEBSOCKET_GUID).digest("base64");
+      socket.write(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+          `Sec-WebSocket-Accept: ${accept}\r\n\r\n`,
+      );
+      echoFrames(new RawConnection(socket, false, buffered.subarray(end + 4)));
     };
     socket.on("data", onData);
   });
@@ -106,29 +107,13 @@ async function startScriptedUpstream(script: (path: string) => Script): Promise<
   const port = (server.address() as { port: number }).port;
   return {
     url: `ws://127.0.0.1:${port}`,
-    port,
     requests,
-    sockets,
     closedCount: () => closed,
     [Symbol.asyncDispose]: async () => {
       for (const socket of sockets) socket.destroy();
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },
   };
-}
-
-/**
- * Echoes single-chunk masked text frames of under 126 bytes, which is all
- * `relayRoundTrip` sends; anything else is ignored.
- */
-function echoRawFrames(socket: Socket, bytes: Buffer): void {
-  const opcode = (bytes[0] ?? 0) & 0x0f;
-  const length = (bytes[1] ?? 0) & 0x7f;
-  if (opcode !== Opcode.TEXT || length >= 126 || bytes.length < 6 + length) return;
-  const mask = bytes.subarray(2, 6);
-  const payload = Buffer.alloc(length);
-  for (let i = 0; i < length; i++) payload[i] = (bytes[6 + i] as number) ^ (mask[i & 3] as number);
-  socket.write(Buffer.concat([Buffer.from([0x81, length]), payload]));
 }
 
 /** Returns a 127.0.0.1 port on which nothing listens any more. */
@@ -176,17 +161,15 @@ describe("upstream request", () => {
       "User-Agent": "handshake-test/1.0",
       "X-Trace-Id": "trace-42",
     };
-    let seen: Headers;
+    let seen = new Headers();
 
-    /** Sends `sent` through a fresh relay and returns the headers the upstream received. */
-    async function upstreamHeaders(): Promise<Headers> {
+    beforeAll(async () => {
       await using upstream = startBunEcho();
       await using relay = await startRelay({ upstream: upstream.url });
-      const { handshake, socket } = await rawConnect(relay.port, { path: "/", headers: sent });
+      const { socket } = await rawConnect(relay.port, { path: "/", headers: sent });
       socket.destroy();
-      expect(handshake.status).toBe(101);
-      return upstream.requests[0]?.headers ?? new Headers();
-    }
+      seen = upstream.requests[0]?.headers ?? seen;
+    });
 
     test.each([
       ["cookie", "session=abc; theme=dark"],
@@ -194,43 +177,36 @@ describe("upstream request", () => {
       ["origin", "https://app.example.test"],
       ["user-agent", "handshake-test/1.0"],
       ["x-trace-id", "trace-42"],
-    ])("end-to-end %s -> forwarded", async (name, value) => {
-      seen ??= await upstreamHeaders();
+    ])("end-to-end %s -> forwarded", (name, value) => {
       expect(seen.get(name)).toBe(value);
     });
 
     test.each(["x-hop", "keep-alive", "proxy-authorization", "sec-websocket-extensions"])(
       "hop-by-hop %s -> not forwarded",
-      async (name) => {
-        seen ??= await upstreamHeaders();
+      (name) => {
         expect(seen.get(name)).toBeNull();
       },
     );
 
-    test("Connection -> the upstream leg's own", async () => {
-      seen ??= await upstreamHeaders();
+    test("Connection -> upgrade only", () => {
       expect(seen.get("connection")?.toLowerCase()).toBe("upgrade");
     });
 
-    test("client Sec-WebSocket-Key -> not reused upstream", async () => {
-      seen ??= await upstreamHeaders();
+    test("client Sec-WebSocket-Key -> not reused upstream", () => {
       const upstreamKey = seen.get("sec-websocket-key");
       expect(upstreamKey).not.toBeNull();
       expect(upstreamKey).not.toBe(sent["Sec-WebSocket-Key"]);
     });
 
-    test("X-Forwarded-For -> client ip appended", async () => {
-      seen ??= await upstreamHeaders();
+    test("X-Forwarded-For -> client ip appended", () => {
       expect(seen.get("x-forwarded-for")).toBe("203.0.113.9, 127.0.0.1");
     });
 
-    test("X-Forwarded-Proto -> http", async () => {
-      seen ??= await upstreamHeaders();
+    test("X-Forwarded-Proto -> http", () => {
       expect(seen.get("x-forwarded-proto")).toBe("http");
     });
 
-    test("X-Forwarded-Host -> client Host", async () => {
-      seen ??= await upstreamHeaders();
+    test("X-Forwarded-Host -> client Host", () => {
       expect(seen.get("x-forwarded-host")).toBe("chat.example.test:8080");
     });
 
@@ -244,11 +220,14 @@ describe("upstream request", () => {
   });
 });
 
+
 describe("subprotocol", () => {
   const offer = { "Sec-WebSocket-Protocol": "ocpp1.6, ocpp2.0.1" };
+  const picks = (protocol: string) => ({ upgradeHeaders: () => ({ "Sec-WebSocket-Protocol": protocol }) });
+  const wsPicks = (protocol: string | false) => ({ handleProtocols: () => protocol });
 
   test("Bun upstream picks second -> one header line", async () => {
-    await using upstream = startBunUpstream({}, { upgradeHeaders: () => ({ "Sec-WebSocket-Protocol": "ocpp2.0.1" }) });
+    await using upstream = startBunUpstream({}, picks("ocpp2.0.1"));
     await using relay = await startRelay({ upstream: upstream.url });
     const { handshake, socket } = await rawConnect(relay.port, { headers: offer });
     socket.destroy();
@@ -257,7 +236,7 @@ describe("subprotocol", () => {
   });
 
   test("client offer -> forwarded upstream", async () => {
-    await using upstream = startBunUpstream({}, { upgradeHeaders: () => ({ "Sec-WebSocket-Protocol": "ocpp2.0.1" }) });
+    await using upstream = startBunUpstream({}, picks("ocpp2.0.1"));
     await using relay = await startRelay({ upstream: upstream.url });
     const { socket } = await rawConnect(relay.port, { headers: offer });
     socket.destroy();
@@ -265,34 +244,15 @@ describe("subprotocol", () => {
   });
 
   test.each(["bun", "ws"] as const)("Bun upstream picks second -> %s client sees it", async (kind) => {
-    await using upstream = startBunUpstream({}, { upgradeHeaders: () => ({ "Sec-WebSocket-Protocol": "ocpp2.0.1" }) });
+    await using upstream = startBunUpstream({}, picks("ocpp2.0.1"));
     await using relay = await startRelay({ upstream: upstream.url });
     await using client = TestClient.of(kind, relay.url, ["ocpp1.6", "ocpp2.0.1"]);
     await client.opened;
     expect(client.protocol).toBe("ocpp2.0.1");
   });
 
-  test("Bun upstream picks none -> no header line", async () => {
-    await using upstream = startBunUpstream({}, { upgradeHeaders: () => ({ "Sec-WebSocket-Protocol": "" }) });
-    await using relay = await startRelay({ upstream: upstream.url });
-    const { handshake, socket } = await rawConnect(relay.port, { headers: offer });
-    socket.destroy();
-    expect(handshake.status).toBe(101);
-    expect(headerLines(handshake, "sec-websocket-protocol")).toEqual([]);
-  });
-
-  test.each(["bun", "ws"] as const)("Bun upstream picks none -> %s client protocol empty", async (kind) => {
-    await using upstream = startBunUpstream({}, { upgradeHeaders: () => ({ "Sec-WebSocket-Protocol": "" }) });
-    await using relay = await startRelay({ upstream: upstream.url });
-    await using client = TestClient.of(kind, relay.url, ["ocpp1.6", "ocpp2.0.1"]);
-    await client.opened;
-    expect(client.protocol).toBe("");
-  });
-
   test("ws upstream picks second -> one header line", async () => {
-    await using upstream = await startWsUpstream(undefined, {
-      handleProtocols: (protocols) => (protocols.has("ocpp2.0.1") ? "ocpp2.0.1" : false),
-    });
+    await using upstream = await startWsUpstream(undefined, wsPicks("ocpp2.0.1"));
     await using relay = await startRelay({ upstream: upstream.url });
     const { handshake, socket } = await rawConnect(relay.port, { headers: offer });
     socket.destroy();
@@ -300,8 +260,20 @@ describe("subprotocol", () => {
     expect(headerLines(handshake, "sec-websocket-protocol")).toEqual(["Sec-WebSocket-Protocol: ocpp2.0.1"]);
   });
 
-  test("ws upstream picks none -> no header line", async () => {
-    await using upstream = await startWsUpstream(undefined, { handleProtocols: () => false });
+  test.each(["bun", "ws"] as const)("ws upstream picks second -> %s client sees it", async (kind) => {
+    await using upstream = await startWsUpstream(undefined, wsPicks("ocpp2.0.1"));
+    await using relay = await startRelay({ upstream: upstream.url });
+    await using client = TestClient.of(kind, relay.url, ["ocpp1.6", "ocpp2.0.1"]);
+    await client.opened;
+    expect(client.protocol).toBe("ocpp2.0.1");
+  });
+
+  // NOTE: Bun 1.4.4's client and the `ws` client both fail a handshake whose
+  // 101 leaves out a subprotocol they offered, as the WHATWG WebSocket
+  // standard requires, although RFC 6455 section 4.1 allows such a 101.
+  // Offers that the upstream declines are therefore checked with a raw client.
+  test("Bun upstream picks none -> 101 without header line", async () => {
+    await using upstream = startBunUpstream({}, picks(""));
     await using relay = await startRelay({ upstream: upstream.url });
     const { handshake, socket } = await rawConnect(relay.port, { headers: offer });
     socket.destroy();
@@ -309,30 +281,49 @@ describe("subprotocol", () => {
     expect(headerLines(handshake, "sec-websocket-protocol")).toEqual([]);
   });
 
-  test("ws upstream picks none -> Bun client protocol empty", async () => {
-    await using upstream = await startWsUpstream(undefined, { handleProtocols: () => false });
+  test("ws upstream picks none -> 101 without header line", async () => {
+    await using upstream = await startWsUpstream(undefined, wsPicks(false));
     await using relay = await startRelay({ upstream: upstream.url });
-    await using client = TestClient.bun(relay.url, ["ocpp1.6", "ocpp2.0.1"]);
+    const { handshake, socket } = await rawConnect(relay.port, { headers: offer });
+    socket.destroy();
+    expect(handshake.status).toBe(101);
+    expect(headerLines(handshake, "sec-websocket-protocol")).toEqual([]);
+  });
+
+  test("duplicate offer -> 400 without dial", async () => {
+    await using upstream = startBunUpstream({}, picks("ocpp1.6"));
+    await using relay = await startRelay({ upstream: upstream.url });
+    const duplicate = { "Sec-WebSocket-Protocol": "ocpp1.6, ocpp1.6" };
+    const { handshake, socket } = await rawConnect(relay.port, { headers: duplicate });
+    socket.destroy();
+    expect(handshake.status).toBe(400);
+    expect(upstream.requests.length).toBe(0);
+  });
+
+  test.each(["bun", "ws"] as const)("no offer -> %s client protocol empty", async (kind) => {
+    await using upstream = startBunUpstream({}, picks(""));
+    await using relay = await startRelay({ upstream: upstream.url });
+    await using client = TestClient.of(kind, relay.url);
     await client.opened;
     expect(client.protocol).toBe("");
   });
 });
 
 describe("upstream rejects the handshake", () => {
-  const answers: Record<string, string> = {
+  const responses: Record<string, string> = {
     "/status/403": "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n",
     "/status/404": "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
     "/status/500": "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n",
   };
+  const requestPath = (head: string): string => /^GET (\S+)/.exec(head)?.[1] ?? "";
 
   test.each([
     ["/status/403", 403],
     ["/status/404", 404],
     ["/status/500", 502],
-  ])("upstream answers %s -> client gets %d", async (path, expected) => {
-    await using upstream = await startRawUpstream(echoFrames, {
-      answer: (head) => answers[/^GET (\S+)/.exec(head)?.[1] ?? ""],
-    });
+  ])("upstream responds %s -> client gets %d", async (path, expected) => {
+    await using upstream = await startRawUpstream(echoFrames, { answer: (head) => responses[requestPath(head)] });
+    // A long dial timeout makes sure the status comes from the upstream's response.
     await using relay = await startRelay({ upstream: upstream.url, dialTimeoutMs: 20_000 });
     const { handshake, socket } = await rawConnect(relay.port, { path });
     socket.destroy();
@@ -341,20 +332,20 @@ describe("upstream rejects the handshake", () => {
     expect(await relayRoundTrip(relay)).toBe("still relaying");
   });
 
-  test.each(["/status/403", "/status/500"])("upstream answers %s -> relay closes upstream socket", async (path) => {
+  test.each(Object.keys(responses))("upstream responds %s -> upstream socket closed", async (path) => {
     await using upstream = await startScriptedUpstream((requested) => {
-      const answer = answers[requested];
-      return answer === undefined ? "accept" : { answer };
+      const response = responses[requested];
+      return response === undefined ? "accept" : { response };
     });
     await using relay = await startRelay({ upstream: upstream.url, dialTimeoutMs: 20_000 });
-    const { socket } = await rawConnect(relay.port, { path });
-    socket.destroy();
+    await using client = TestClient.bun(`${relay.url}${path}`);
+    await client.closed;
     expect(await waitFor(() => upstream.closedCount() === 1)).toBe(true);
     expect(relay.stats().activePairs).toBe(0);
   });
 });
 
-describe("dial failures and bad requests", () => {
+describe("dial failures", () => {
   test("upstream port closed -> 502", async () => {
     const port = await closedPort();
     await using relay = await startRelay({ upstream: `ws://127.0.0.1:${port}` });
@@ -362,17 +353,12 @@ describe("dial failures and bad requests", () => {
     socket.destroy();
     expect(handshake.status).toBe(502);
     expect(relay.stats().activePairs).toBe(0);
-  });
 
-  test("upstream port closed twice -> 502 both times", async () => {
-    const port = await closedPort();
-    await using relay = await startRelay({ upstream: `ws://127.0.0.1:${port}` });
-    const first = await rawConnect(relay.port);
-    first.socket.destroy();
-    const second = await rawConnect(relay.port);
-    second.socket.destroy();
-    expect(second.handshake.status).toBe(502);
-    expect(relay.stats().handshakes["502"]).toBe(2);
+    // Nothing can be relayed without an upstream, so the check that the
+    // relay still serves is a second, equally prompt 502.
+    await using client = TestClient.bun(relay.url);
+    await client.closed;
+    expect(client.error).toContain("Expected 101 status code: 502");
   });
 
   test("mute upstream -> 504 and upstream socket closed", async () => {
@@ -385,52 +371,68 @@ describe("dial failures and bad requests", () => {
     expect(relay.stats().activePairs).toBe(0);
     expect(await relayRoundTrip(relay)).toBe("still relaying");
   });
+});
 
-  describe("bad requests", () => {
-    const good = {
-      Host: "relay.test",
-      Upgrade: "websocket",
-      Connection: "Upgrade",
-      "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-      "Sec-WebSocket-Version": "13",
-    };
-    const head = (method: string, headers: Record<string, string>): string =>
-      `${method} / HTTP/1.1\r\n${Object.entries(headers)
-        .map(([name, value]) => `${name}: ${value}\r\n`)
-        .join("")}\r\n`;
-    const { Upgrade: _upgrade, Connection: _connection, ...plain } = good;
-    const { "Sec-WebSocket-Key": _key, ...keyless } = good;
+describe("bad requests", () => {
+  const valid = {
+    Host: "relay.test",
+    Upgrade: "websocket",
+    Connection: "Upgrade",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    "Sec-WebSocket-Version": "13",
+  };
+  const { Upgrade: _upgrade, Connection: _connection, ...plain } = valid;
+  const { "Sec-WebSocket-Key": _key, ...keyless } = valid;
 
-    test.each([
-      ["plain GET", head("GET", { ...plain, Connection: "keep-alive" }), 426],
-      ["POST upgrade", head("POST", { ...good, "Content-Length": "0" }), 405],
-      ["missing key", head("GET", keyless), 400],
-      ["malformed key", head("GET", { ...good, "Sec-WebSocket-Key": "not-a-key" }), 400],
-      ["version 8", head("GET", { ...good, "Sec-WebSocket-Version": "8" }), 426],
-    ])("%s -> %d", async (_case, request, expected) => {
-      await using upstream = startBunEcho();
-      await using relay = await startRelay({ upstream: upstream.url });
-      const { handshake, socket } = await rawConnect(relay.port, { request });
-      socket.destroy();
+  /** Builds an HTTP/1.1 request head with exactly `headers`. */
+  function requestHead(method: string, headers: Record<string, string>): string {
+    const lines = Object.entries(headers).map(([name, value]) => `${name}: ${value}\r\n`);
+    return `${method} / HTTP/1.1\r\n${lines.join("")}\r\n`;
+  }
+
+  /**
+   * Sends `request` to a fresh relay with a Bun echo upstream, then runs
+   * `check` on the relay's response while the relay is still running.
+   */
+  async function withRelayResponse(
+    request: string,
+    check: (handshake: RawHandshake, relay: TestRelay, upstreamRequests: number) => Promise<void>,
+  ): Promise<void> {
+    await using upstream = startBunEcho();
+    await using relay = await startRelay({ upstream: upstream.url });
+    const { handshake, socket } = await rawConnect(relay.port, { request });
+    socket.destroy();
+    await check(handshake, relay, upstream.requests.length);
+  }
+
+  test.each([
+    ["plain GET", 426, requestHead("GET", { ...plain, Connection: "keep-alive" })],
+    ["POST upgrade", 405, requestHead("POST", { ...valid, "Content-Length": "0" })],
+    ["missing key", 400, requestHead("GET", keyless)],
+    ["malformed key", 400, requestHead("GET", { ...valid, "Sec-WebSocket-Key": "not-a-key" })],
+    ["version 8", 426, requestHead("GET", { ...valid, "Sec-WebSocket-Version": "8" })],
+  ])("%s -> %d", async (_case, expected, request) => {
+    await withRelayResponse(request, async (handshake, relay, upstreamRequests) => {
       expect(handshake.status).toBe(expected);
-      expect(upstream.requests.length).toBe(0);
+      expect(upstreamRequests).toBe(0);
       expect(await relayRoundTrip(relay)).toBe("still relaying");
     });
+  });
 
-    test("plain GET -> Upgrade websocket header", async () => {
-      await using upstream = startBunEcho();
-      await using relay = await startRelay({ upstream: upstream.url });
-      const { handshake, socket } = await rawConnect(relay.port, { request: head("GET", plain) });
-      socket.destroy();
+  test("plain GET -> Upgrade websocket header", async () => {
+    await withRelayResponse(requestHead("GET", plain), async (handshake) => {
       expect(headerLines(handshake, "upgrade")).toEqual(["Upgrade: websocket"]);
     });
+  });
 
-    test("version 8 -> Sec-WebSocket-Version 13 header", async () => {
-      await using upstream = startBunEcho();
-      await using relay = await startRelay({ upstream: upstream.url });
-      const request = head("GET", { ...good, "Sec-WebSocket-Version": "8" });
-      const { handshake, socket } = await rawConnect(relay.port, { request });
-      socket.destroy();
+  test("POST upgrade -> Allow GET header", async () => {
+    await withRelayResponse(requestHead("POST", { ...valid, "Content-Length": "0" }), async (handshake) => {
+      expect(headerLines(handshake, "allow")).toEqual(["Allow: GET"]);
+    });
+  });
+
+  test("version 8 -> Sec-WebSocket-Version 13 header", async () => {
+    await withRelayResponse(requestHead("GET", { ...valid, "Sec-WebSocket-Version": "8" }), async (handshake) => {
       expect(headerLines(handshake, "sec-websocket-version")).toEqual(["Sec-WebSocket-Version: 13"]);
     });
   });
@@ -447,8 +449,8 @@ describe("messages at open", () => {
     });
     await using relay = await startRelay({ upstream: upstream.url });
     await using client = TestClient.of(kind, relay.url);
-    const got = await client.waitForMessages(100);
-    expect(got.map((m) => m.text)).toEqual(numbered);
+    const received = await client.waitForMessages(100);
+    expect(received.map((m) => m.text)).toEqual(numbered);
   });
 
   test.each(["bun", "ws"] as const)("ws upstream sends 100 at connection -> %s client gets all", async (kind) => {
@@ -457,8 +459,8 @@ describe("messages at open", () => {
     });
     await using relay = await startRelay({ upstream: upstream.url });
     await using client = TestClient.of(kind, relay.url);
-    const got = await client.waitForMessages(100);
-    expect(got.map((m) => m.text)).toEqual(numbered);
+    const received = await client.waitForMessages(100);
+    expect(received.map((m) => m.text)).toEqual(numbered);
   });
 
   test.each(["bun", "ws"] as const)("%s client sends 100 at open -> upstream gets all", async (kind) => {
@@ -470,14 +472,15 @@ describe("messages at open", () => {
     });
     await using relay = await startRelay({ upstream: upstream.url });
     await using client = TestClient.of(kind, relay.url);
+    // The callback runs in the microtask right after the client's open event.
     void client.opened.then(() => {
       for (const text of numbered) client.send(text);
     });
-    await waitFor(() => received.length >= 100);
+    await waitFor(() => received.length >= numbered.length);
     expect(received).toEqual(numbered);
   });
 
-  test.each(["bun", "ws"] as const)("upstream closes at open -> %s client gets 3 then 4000", async (kind) => {
+  test.each(["bun", "ws"] as const)("Bun upstream closes at open -> %s client gets 3 then 4000", async (kind) => {
     await using upstream = startBunUpstream({
       open(ws) {
         ws.send("a");
@@ -514,6 +517,7 @@ describe("many pairs", () => {
   test("200 pairs x 20 messages -> no cross-talk", async () => {
     const PAIRS = 200;
     const MESSAGES = 20;
+    const expectedFor = (id: number): string[] => Array.from({ length: MESSAGES }, (_, i) => `${id}:${i}`);
     await using upstream = startBunEcho();
     await using relay = await startRelay({ upstream: upstream.url });
     const clients = Array.from({ length: PAIRS }, () => TestClient.bun(relay.url));
@@ -521,17 +525,16 @@ describe("many pairs", () => {
       await Promise.all(clients.map((client) => client.opened));
       expect(relay.stats().activePairs).toBe(PAIRS);
 
-      const expected = (id: number): string[] => Array.from({ length: MESSAGES }, (_, i) => `${id}:${i}`);
       clients.forEach((client, id) => {
-        for (const text of expected(id)) client.send(text);
+        for (const text of expectedFor(id)) client.send(text);
       });
       await Promise.all(clients.map((client) => client.waitForMessages(MESSAGES, 15_000)));
 
-      const wrong = clients.flatMap((client, id) => {
-        const got = client.received.map((m) => m.text);
-        return Bun.deepEquals(got, expected(id)) ? [] : [{ id, got }];
+      const mismatched = clients.flatMap((client, id) => {
+        const texts = client.received.map((m) => m.text);
+        return Bun.deepEquals(texts, expectedFor(id)) ? [] : [{ id, texts }];
       });
-      expect(wrong).toEqual([]);
+      expect(mismatched).toEqual([]);
     } finally {
       await Promise.all(clients.map((client) => client[Symbol.asyncDispose]()));
     }
@@ -542,6 +545,7 @@ describe("many pairs", () => {
 describe("client leaves during the dial", () => {
   test("client socket destroyed -> upstream dial ended", async () => {
     await using upstream = await startScriptedUpstream(() => "mute");
+    // A long dial timeout makes sure it is the client's departure that ends the dial.
     await using relay = await startRelay({ upstream: upstream.url, dialTimeoutMs: 20_000 });
     const socket = connect(relay.port, "127.0.0.1");
     socket.on("error", () => {});
@@ -551,15 +555,16 @@ describe("client leaves during the dial", () => {
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
     );
     expect(await waitFor(() => upstream.requests.length === 1)).toBe(true);
+
     socket.destroy();
-    expect(await waitFor(() => upstream.closedCount() === 1, 5_000)).toBe(true);
+    expect(await waitFor(() => upstream.closedCount() === 1)).toBe(true);
     expect(relay.stats().activePairs).toBe(0);
     expect(relay.stats().handshakes.client_left).toBe(1);
   });
 });
 
 describe("logs", () => {
-  test("one pair -> open and closed lines with fields", async () => {
+  test("one pair -> open and closed lines", async () => {
     const logger = recordingLogger();
     await using upstream = startBunEcho();
     await using relay = await startRelay({ upstream: `${upstream.url}/base?key=upstream-s3cret`, logger });
@@ -573,19 +578,20 @@ describe("logs", () => {
     await waitFor(() => logger.records.some((r) => r.msg === "pair closed"));
 
     const opened = logger.records.filter((r) => r.msg === "pair open");
-    const closed = logger.records.filter((r) => r.msg === "pair closed");
     expect(opened.length).toBe(1);
-    expect(closed.length).toBe(1);
     expect(opened[0]?.fields.client).toMatch(/^127\.0\.0\.1:\d+$/);
     expect(opened[0]?.fields.upstream).toBe(`${upstream.url}/base/room`);
 
+    const closed = logger.records.filter((r) => r.msg === "pair closed");
+    expect(closed.length).toBe(1);
     const fields = closed[0]?.fields ?? {};
     expect(fields.client).toBe(opened[0]?.fields.client);
     expect(fields.upstream).toBe(`${upstream.url}/base/room`);
     expect(fields.cause).toBe("client_closed");
     expect(fields.closed_by).toBe("client");
     expect(fields.code).toBe(1000);
-    expect(typeof fields.duration_ms).toBe("number");
+    expect(fields.reason).toBe("done");
+    expect(fields.duration_ms).toBeGreaterThanOrEqual(0);
     expect(fields.messages_to_upstream).toBe(2);
     expect(fields.bytes_to_upstream).toBe(11);
     expect(fields.messages_to_client).toBe(2);
@@ -598,17 +604,19 @@ describe("logs", () => {
   test("failed dials -> no query in any line", async () => {
     const logger = recordingLogger();
     const port = await closedPort();
-    await using refusedRelay = await startRelay({ upstream: `ws://127.0.0.1:${port}/base?key=upstream-s3cret`, logger });
-    const refused = await rawConnect(refusedRelay.port, { path: "/room?token=s3cret" });
-    refused.socket.destroy();
+    const refusedUpstream = `ws://127.0.0.1:${port}/base?key=upstream-s3cret`;
+    await using refusingRelay = await startRelay({ upstream: refusedUpstream, logger });
+    await using refused = TestClient.bun(`${refusingRelay.url}/room?token=s3cret`);
+    await refused.closed;
 
     await using upstream = await startRawUpstream(() => {}, {
       answer: () => "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n",
     });
-    await using rejectedRelay = await startRelay({ upstream: `${upstream.url}/base?key=upstream-s3cret`, logger });
-    const rejected = await rawConnect(rejectedRelay.port, { path: "/room?token=s3cret" });
-    rejected.socket.destroy();
+    await using rejectingRelay = await startRelay({ upstream: `${upstream.url}/base?key=upstream-s3cret`, logger });
+    await using rejected = TestClient.bun(`${rejectingRelay.url}/room?token=s3cret`);
+    await rejected.closed;
 
+    // Both failures are logged, so the check below reads real lines.
     expect(logger.records.filter((r) => r.level === "error").length).toBe(2);
     const leaking = logger.records.filter((r) => JSON.stringify(r).includes("s3cret"));
     expect(leaking).toEqual([]);
