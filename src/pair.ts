@@ -95,6 +95,13 @@ let nextId = 1;
  * room, which with a backlog means the side read something since the ping.
  * A side with no backlog must send a pong or another frame, because outgoing
  * traffic that the kernel absorbs proves nothing about the peer.
+ *
+ * NOTE: bytes already in the kernel's buffers are invisible here. A ping
+ * behind megabytes of kernel-buffered data reaches a slow reader late, and
+ * when the relay's own queue is empty meanwhile, that reader must still
+ * answer within the pong timeout. At the default 10 s that misjudges only a
+ * reader slower than its kernel backlog divided by 10 s (about 400 KB/s
+ * behind the 4 MB that loopback buffers hold; an estimate).
  */
 function isDraining(queuedAtPing: number, bytesSincePing: number, queuedNow: number): boolean {
   const backlogged = queuedAtPing > 0 || queuedNow > 0;

@@ -158,10 +158,19 @@ describe("paused readers", () => {
     const readers: Array<ReturnType<typeof setInterval>> = [];
     await using upstream = await startRawUpstream((connection) => {
       connection.socket.pause();
+      let answered = 0;
       readers.push(
         setInterval(() => {
           connection.socket.once("data", () => connection.socket.pause());
           connection.socket.resume();
+          // Answer the pings read so far, as a real peer would, and send a
+          // message: the upstream's liveness is not what this test judges.
+          const frames = connection.frames;
+          for (; answered < frames.length; answered++) {
+            const frame = frames[answered];
+            if (frame?.opcode === Opcode.PING) connection.send(Opcode.PONG, frame.payload);
+          }
+          connection.send(Opcode.TEXT, "progress");
         }, 40),
       );
     });
