@@ -27,6 +27,10 @@ export interface CommandLine {
   relay: RelayOptions;
   logLevel: LogLevel;
   logFormat: LogFormat;
+  /** Admin listener address, or null when off. */
+  admin: { hostname: string; port: number } | null;
+  /** Relay processes to run; 1 runs the relay in this process. */
+  workers: number;
 }
 
 interface FlagSpec {
@@ -43,6 +47,19 @@ const LOG_FORMATS: readonly LogFormat[] = ["json", "text"];
 function oneOf<T extends string>(flag: string, text: string, allowed: readonly T[]): T {
   if ((allowed as readonly string[]).includes(text)) return text as T;
   throw new ConfigError(flag, text, `${flag}: invalid value "${text}"; use one of ${allowed.join(", ")}`);
+}
+
+/** Most worker processes accepted; far more than cores only adds scheduling. */
+export const MAX_WORKERS = 256;
+
+/** Parses `--workers`: a count from 1 to 256, or `auto` for one per core. */
+export function parseWorkers(flag: string, text: string): number {
+  if (text === "auto") return Math.max(1, navigator.hardwareConcurrency);
+  const count = Number(text);
+  if (!/^\d+$/.test(text) || count < 1 || count > MAX_WORKERS) {
+    throw new ConfigError(flag, text, `${flag}: invalid value "${text}"; use a count from 1 to ${MAX_WORKERS}, or auto`);
+  }
+  return count;
 }
 
 const FLAGS: FlagSpec[] = [
@@ -130,6 +147,24 @@ const FLAGS: FlagSpec[] = [
     },
   },
   {
+    flag: "--admin",
+    value: "HOST:PORT",
+    defaultText: "off",
+    help: "address for /healthz, /readyz and /metrics (Prometheus); keep it off the public network",
+    apply(line, text, flag) {
+      line.admin = parseListen(flag, text);
+    },
+  },
+  {
+    flag: "--workers",
+    value: "N",
+    defaultText: "1",
+    help: `relay processes sharing the port (SO_REUSEPORT); "auto" is one per core (${navigator.hardwareConcurrency} here)`,
+    apply(line, text, flag) {
+      line.workers = parseWorkers(flag, text);
+    },
+  },
+  {
     flag: "--log-level",
     value: "LEVEL",
     defaultText: "info",
@@ -191,7 +226,7 @@ export function helpText(): string {
 
 /** Parses flags (`--flag VALUE` or `--flag=VALUE`) over the environment; throws `ConfigError`. */
 export function parseCommandLine(argv: string[], env: Record<string, string | undefined>): CommandLine {
-  const line: CommandLine = { action: "run", relay: {}, logLevel: "info", logFormat: "json" };
+  const line: CommandLine = { action: "run", relay: {}, logLevel: "info", logFormat: "json", admin: null, workers: 1 };
   for (const spec of FLAGS) {
     const text = env[envName(spec.flag)];
     if (text !== undefined && text !== "") spec.apply(line, text, envName(spec.flag));

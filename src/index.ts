@@ -3,7 +3,7 @@
  * sockets, a keepalive helper and a listener with TCP keepalive.
  */
 
-export { createRelay, type Relay, type RelayStats, type RttStats } from "./relay.ts";
+export { createRelay, type Relay, type RelayStats } from "./relay.ts";
 export { type RelayOptions, ConfigError, parseDuration, parseSize } from "./config.ts";
 export { bridge, bridgeHandlers, dialUpstream, type Bridge, type BridgeData, type BridgeOptions } from "./bridge.ts";
 export { keepAlive, type KeepAliveHandle } from "./keepalive.ts";

@@ -42,13 +42,21 @@ export interface PairEnd {
 /** Counters of one pair; plain fields, bumped on the hot path. */
 export interface PairCounters {
   messagesToUpstream: number;
+  /** Text messages among `messagesToUpstream`; the rest are binary. */
+  textMessagesToUpstream: number;
   bytesToUpstream: number;
   messagesToClient: number;
+  /** Text messages among `messagesToClient`; the rest are binary. */
+  textMessagesToClient: number;
   bytesToClient: number;
   /** Times the client reader was paused because the upstream queue was full. */
   clientPauses: number;
   /** Times the upstream reader was paused because the client queue was full. */
   upstreamPauses: number;
+  /** Time the client reader spent paused, in ms (pauses still running not included). */
+  clientPausedMs: number;
+  /** Time the upstream reader spent paused, in ms (pauses still running not included). */
+  upstreamPausedMs: number;
 }
 
 /** Callbacks through which a pair reports to its owner. */
@@ -108,10 +116,6 @@ function isDraining(queuedAtPing: number, bytesSincePing: number, queuedNow: num
   return backlogged && queuedAtPing + bytesSincePing - queuedNow > 0;
 }
 
-function byteLength(data: Message): number {
-  return typeof data === "string" ? Buffer.byteLength(data) : data.byteLength;
-}
-
 /**
  * A client socket accepted by `Bun.serve` joined to one upstream `WebSocket`.
  *
@@ -124,11 +128,15 @@ export class Pair {
   readonly startedAt = performance.now();
   readonly counters: PairCounters = {
     messagesToUpstream: 0,
+    textMessagesToUpstream: 0,
     bytesToUpstream: 0,
     messagesToClient: 0,
+    textMessagesToClient: 0,
     bytesToClient: 0,
     clientPauses: 0,
     upstreamPauses: 0,
+    clientPausedMs: 0,
+    upstreamPausedMs: 0,
   };
   client: ServerWebSocket<unknown> | null = null;
   end: PairEnd | null = null;
@@ -158,6 +166,8 @@ export class Pair {
   private upstreamSide = Side.Open;
   private clientPaused = false;
   private upstreamPaused = false;
+  private clientPausedAt = 0;
+  private upstreamPausedAt = 0;
   private early: Message[] = [];
   private earlyClose: CloseEvent | null = null;
   private upstreamErrorCode: string | undefined;
@@ -219,7 +229,12 @@ export class Pair {
     if (this.state !== State.Open) return;
     const counters = this.counters;
     counters.messagesToUpstream++;
-    counters.bytesToUpstream += byteLength(data);
+    if (typeof data === "string") {
+      counters.textMessagesToUpstream++;
+      counters.bytesToUpstream += Buffer.byteLength(data);
+    } else {
+      counters.bytesToUpstream += data.byteLength;
+    }
     if (this.onMessage !== undefined) this.onMessage("client-to-upstream", data);
     const upstream = this.upstream;
     upstream.send(data);
@@ -235,13 +250,15 @@ export class Pair {
       if (this.state === State.Dialled) this.early.push(data);
       return;
     }
-    const size = byteLength(data);
+    const isText = typeof data === "string";
+    const size = isText ? Buffer.byteLength(data) : data.byteLength;
     if (size > this.limits.maxMessageBytes) {
       this.upstreamTooBig(size);
       return;
     }
     const counters = this.counters;
     counters.messagesToClient++;
+    if (isText) counters.textMessagesToClient++;
     counters.bytesToClient += size;
     if (this.onMessage !== undefined) this.onMessage("upstream-to-client", data);
     const status = (this.client as ServerWebSocket<unknown>).send(data);
@@ -376,19 +393,18 @@ export class Pair {
     const { lowWaterBytes } = this.limits;
     if (this.state === State.Ending) return false;
     if (this.clientPaused && this.upstream.bufferedAmount <= lowWaterBytes) {
-      this.clientPaused = false;
-      this.client?.resume();
+      this.resumeClient();
     }
     const client = this.client;
     if (this.upstreamPaused && client !== null && client.getBufferedAmount() <= lowWaterBytes) {
-      this.upstreamPaused = false;
-      this.upstream.resume();
+      this.resumeUpstream();
     }
     return this.clientPaused || this.upstreamPaused;
   }
 
   private pauseClient(): void {
     this.clientPaused = true;
+    this.clientPausedAt = performance.now();
     this.clientPausedSincePing = true;
     this.counters.clientPauses++;
     this.client?.pause();
@@ -397,10 +413,23 @@ export class Pair {
 
   private pauseUpstream(): void {
     this.upstreamPaused = true;
+    this.upstreamPausedAt = performance.now();
     this.upstreamPausedSincePing = true;
     this.counters.upstreamPauses++;
     this.upstream.pause();
     this.flow.watch(this);
+  }
+
+  private resumeClient(): void {
+    this.clientPaused = false;
+    this.counters.clientPausedMs += performance.now() - this.clientPausedAt;
+    this.client?.resume();
+  }
+
+  private resumeUpstream(): void {
+    this.upstreamPaused = false;
+    this.counters.upstreamPausedMs += performance.now() - this.upstreamPausedAt;
+    this.upstream.resume();
   }
 
   private upstreamPonged(): void {
@@ -457,10 +486,8 @@ export class Pair {
     this.flow.forget(this);
     // Paused readers could not read the peer's close frame, so the close
     // handshake would hang until Bun's own timeout.
-    if (this.clientPaused) this.client?.resume();
-    if (this.upstreamPaused) this.upstream.resume();
-    this.clientPaused = false;
-    this.upstreamPaused = false;
+    if (this.clientPaused) this.resumeClient();
+    if (this.upstreamPaused) this.resumeUpstream();
     // A pair whose client never attached was never reported open.
     if (this.client !== null) this.events.onEnd?.(this, end);
   }

@@ -18,43 +18,53 @@ import {
 } from "./handshake.ts";
 import { KeepaliveSweeper } from "./keepalive.ts";
 import { type Logger, createLogger, redactUrl } from "./log.ts";
-import { type PairEnd, type PairEvents, Pair } from "./pair.ts";
+import { DIAL_SECONDS_BOUNDS, Histogram, type HistogramSnapshot, RTT_SECONDS_BOUNDS } from "./metrics.ts";
+import { type Closer, type PairCounters, type PairEnd, type PairEvents, Pair } from "./pair.ts";
 import { OutboundKeepAlive, setListenerKeepAlive } from "./tcp-keepalive.ts";
 
-/** Running totals of one side's pong round trips, in ms. */
-export interface RttStats {
-  count: number;
-  sumMs: number;
-  maxMs: number;
-}
-
-/** Counters of a relay since it started. */
-export interface RelayStats {
+/**
+ * Counters of a relay since it started: plain data, so it can cross a
+ * process boundary. Message counters include the pairs still open.
+ */
+export interface RelayStats extends PairCounters {
+  /** True while the relay accepts new connections. */
+  ready: boolean;
   activePairs: number;
   pairsTotal: number;
   /** Handshake outcomes by HTTP status: `101`, `426`, `502`, `504`, ... and `client_left`. */
   handshakes: Record<string, number>;
   endCauses: Partial<Record<EndCause, number>>;
-  messagesToUpstream: number;
-  bytesToUpstream: number;
-  messagesToClient: number;
-  bytesToClient: number;
-  clientPauses: number;
-  upstreamPauses: number;
-  pongRtt: { client: RttStats; upstream: RttStats };
+  /** The close code that started each teardown, by the side that sent it. */
+  closeCodes: Record<Closer, Record<string, number>>;
+  /** Time from dialling the upstream to its open, in seconds. */
+  dialSeconds: HistogramSnapshot;
+  /** Ping to pong round trips per side, in seconds. */
+  pongRtt: { client: HistogramSnapshot; upstream: HistogramSnapshot };
   missedPongs: { client: number; upstream: number };
 }
 
-/** Message counters that a pair adds to the relay totals when it ends. */
-type Totals = Pick<
-  RelayStats,
-  | "messagesToUpstream"
-  | "bytesToUpstream"
-  | "messagesToClient"
-  | "bytesToClient"
-  | "clientPauses"
-  | "upstreamPauses"
->;
+const COUNTER_KEYS: Array<keyof PairCounters> = [
+  "messagesToUpstream",
+  "textMessagesToUpstream",
+  "bytesToUpstream",
+  "messagesToClient",
+  "textMessagesToClient",
+  "bytesToClient",
+  "clientPauses",
+  "upstreamPauses",
+  "clientPausedMs",
+  "upstreamPausedMs",
+];
+
+function addCounters(into: PairCounters, from: PairCounters): void {
+  for (const key of COUNTER_KEYS) into[key] += from[key];
+}
+
+function zeroCounters(): PairCounters {
+  const counters = {} as PairCounters;
+  for (const key of COUNTER_KEYS) counters[key] = 0;
+  return counters;
+}
 
 /** A relay made by `createRelay`. */
 export interface Relay {
@@ -75,6 +85,8 @@ export interface Relay {
   readonly upstream: string;
   /** A snapshot of the counters. */
   stats(): RelayStats;
+  /** True between `start()` and `stop()`: new connections are accepted. */
+  isReady(): boolean;
 }
 
 /** Delay from a new pair's open to the sweep that sets TCP keepalive on its upstream socket. */
@@ -100,10 +112,6 @@ function formatAddress(address: { address: string; port: number; family: string 
   return address.family === "IPv6" ? `[${address.address}]:${address.port}` : `${address.address}:${address.port}`;
 }
 
-function emptyRtt(): RttStats {
-  return { count: 0, sumMs: 0, maxMs: 0 };
-}
-
 /** Creates a relay; nothing listens until `start()`. Throws `ConfigError` for a bad option. */
 export function createRelay(options: RelayOptions = {}): Relay {
   const config: ResolvedRelayOptions = resolveOptions(options);
@@ -125,17 +133,13 @@ class RelayServer implements Relay {
     pairsTotal: 0,
     handshakes: {} as Record<string, number>,
     endCauses: {} as Partial<Record<EndCause, number>>,
-    pongRtt: { client: emptyRtt(), upstream: emptyRtt() },
+    closeCodes: { client: {}, upstream: {}, relay: {} } as Record<Closer, Record<string, number>>,
+    dialSeconds: new Histogram(DIAL_SECONDS_BOUNDS),
+    pongRtt: { client: new Histogram(RTT_SECONDS_BOUNDS), upstream: new Histogram(RTT_SECONDS_BOUNDS) },
     missedPongs: { client: 0, upstream: 0 },
   };
-  private readonly ended: Totals = {
-    messagesToUpstream: 0,
-    bytesToUpstream: 0,
-    messagesToClient: 0,
-    bytesToClient: 0,
-    clientPauses: 0,
-    upstreamPauses: 0,
-  };
+  /** Counters of the pairs that have ended. */
+  private readonly ended: PairCounters = zeroCounters();
   private readonly pairEvents: PairEvents;
   private stopping: Promise<void> | null = null;
   private outboundKeepAlive: OutboundKeepAlive | null = null;
@@ -153,12 +157,7 @@ class RelayServer implements Relay {
       onEnd: (pair, end) => this.pairEnded(pair, end),
       onRelease: (pair) => this.unreleased.delete(pair),
       onError: (pair, kind, message) => this.logger.error(kind, message, { pair: pair.id }),
-      onPong: (_pair, side, rttMs) => {
-        const rtt = this.counters.pongRtt[side];
-        rtt.count++;
-        rtt.sumMs += rttMs;
-        if (rttMs > rtt.maxMs) rtt.maxMs = rttMs;
-      },
+      onPong: (_pair, side, rttMs) => this.counters.pongRtt[side].observe(rttMs / 1000),
     };
   }
 
@@ -223,26 +222,25 @@ class RelayServer implements Relay {
   }
 
   stats(): RelayStats {
-    const totals: Totals = { ...this.ended };
-    for (const pair of this.open) {
-      const c = pair.counters;
-      totals.messagesToUpstream += c.messagesToUpstream;
-      totals.bytesToUpstream += c.bytesToUpstream;
-      totals.messagesToClient += c.messagesToClient;
-      totals.bytesToClient += c.bytesToClient;
-      totals.clientPauses += c.clientPauses;
-      totals.upstreamPauses += c.upstreamPauses;
-    }
-    const { pongRtt, missedPongs } = this.counters;
+    const totals = { ...this.ended };
+    for (const pair of this.open) addCounters(totals, pair.counters);
+    const { closeCodes, pongRtt, missedPongs } = this.counters;
     return {
+      ready: this.isReady(),
       activePairs: this.open.size,
       pairsTotal: this.counters.pairsTotal,
       handshakes: { ...this.counters.handshakes },
       endCauses: { ...this.counters.endCauses },
+      closeCodes: { client: { ...closeCodes.client }, upstream: { ...closeCodes.upstream }, relay: { ...closeCodes.relay } },
       ...totals,
-      pongRtt: { client: { ...pongRtt.client }, upstream: { ...pongRtt.upstream } },
+      dialSeconds: this.counters.dialSeconds.snapshot(),
+      pongRtt: { client: pongRtt.client.snapshot(), upstream: pongRtt.upstream.snapshot() },
       missedPongs: { ...missedPongs },
     };
+  }
+
+  isReady(): boolean {
+    return this.server !== null && this.stopping === null;
   }
 
   private async setTcpKeepAlive(): Promise<void> {
@@ -370,6 +368,7 @@ class RelayServer implements Relay {
 
   private pairOpened(pair: Pair): void {
     this.counters.pairsTotal++;
+    this.counters.dialSeconds.observe(pair.dialMs / 1000);
     this.open.add(pair);
     this.unreleased.add(pair);
     this.sweeper.add(pair);
@@ -388,14 +387,10 @@ class RelayServer implements Relay {
     this.sweeper.delete(pair);
     const causes = this.counters.endCauses;
     causes[end.cause] = (causes[end.cause] ?? 0) + 1;
+    const codes = this.counters.closeCodes[end.closedBy];
+    codes[end.code] = (codes[end.code] ?? 0) + 1;
     const c = pair.counters;
-    const ended = this.ended;
-    ended.messagesToUpstream += c.messagesToUpstream;
-    ended.bytesToUpstream += c.bytesToUpstream;
-    ended.messagesToClient += c.messagesToClient;
-    ended.bytesToClient += c.bytesToClient;
-    ended.clientPauses += c.clientPauses;
-    ended.upstreamPauses += c.upstreamPauses;
+    addCounters(this.ended, c);
     this.logger.info("pair closed", {
       pair: pair.id,
       client: pair.clientAddress,
