@@ -17,6 +17,8 @@ const FLAGS = [
   "--max-message",
   "--high-water",
   "--shutdown-grace",
+  "--admin",
+  "--workers",
   "--log-level",
   "--log-format",
 ];
@@ -53,6 +55,10 @@ describe("bad values", () => {
     [["--log-level", "loud"], ["--log-level", '"loud"', "debug, info, warn, error"]],
     [["--high-water", "10"], ["--high-water", "1 KiB to 1 GiB"]],
     [["--listen"], ["--listen", "missing value"]],
+    [["--workers", "0"], ["--workers", '"0"', "1 to 256, or auto"]],
+    [["--workers", "two"], ["--workers", '"two"']],
+    [["--workers", "2", "--listen", "127.0.0.1:0"], ["--workers", "fixed port"]],
+    [["--admin", "9090"], ["--admin", '"9090"', "HOST:PORT"]],
     [["--frobnicate"], ['"--frobnicate"', "--help"]],
   ];
 
