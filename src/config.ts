@@ -157,6 +157,14 @@ export function parseUpstream(option: string, text: string): string {
       `${option}: unsupported scheme "${url.protocol}" in "${text}"; use ws:// or wss://`,
     );
   }
+  if (url.username !== "" || url.password !== "") {
+    const shown = `${url.protocol}//***@${url.host}${url.pathname}`;
+    throw new ConfigError(
+      option,
+      shown,
+      `${option}: "${shown}" carries credentials, which Bun's WebSocket client does not send; remove them (a client's Authorization header is forwarded to the upstream)`,
+    );
+  }
   if (url.hash !== "") {
     throw new ConfigError(option, text, `${option}: "${text}" has a fragment, which WebSocket URLs may not have; remove the "#..." part`);
   }

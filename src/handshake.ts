@@ -200,6 +200,14 @@ export function waitForOpen(upstream: WebSocket, timeoutMs: number, signal?: Abo
   });
 }
 
+/**
+ * Removes the URL from a Bun client error message ("WebSocket connection to
+ * 'ws://...' failed: reason"), since the URL's query may carry a token.
+ */
+export function errorDetail(message: string): string {
+  return message.replace(/^WebSocket connection to '[^']*' failed: /, "").replace(/wss?:\/\/\S+/g, "(url)");
+}
+
 /** Maps Bun's dial error text to the HTTP status and message for the client. */
 function dialError(message: string): HandshakeError {
   // Bun 1.4.4 reports a non-101 answer only in the text: "... Expected 101 status code: 403".
@@ -207,7 +215,7 @@ function dialError(message: string): HandshakeError {
   if (status >= 400 && status <= 499) {
     return new HandshakeError("upstream_rejected", status, `upstream rejected the handshake with ${status}`);
   }
-  const detail = message.replace(/^WebSocket connection to '[^']*' failed: /, "");
+  const detail = errorDetail(message);
   if (detail === "Missing client protocol") {
     return new HandshakeError(
       "upstream_no_subprotocol",

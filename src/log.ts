@@ -18,8 +18,8 @@ export interface Logger {
   warn(msg: string, fields?: LogFields): void;
   /**
    * Logs an error. Lines with the same `kind` within 10 s are folded: the
-   * first is written, and the next one after the window carries `repeated`,
-   * the number of lines left out.
+   * first is written at once, and when the window ends the last one left
+   * out is written with `repeated`, the number of lines left out.
    */
   error(kind: string, msg: string, fields?: LogFields): void;
 }
@@ -31,11 +31,16 @@ export interface LoggerOptions {
   write?: (line: string) => void;
   /** Clock for the repeat window, in ms. */
   now?: () => number;
+  /** How long repeats of one error kind are folded, in ms. Default 10 s. */
+  repeatWindowMs?: number;
 }
 
 interface RepeatState {
   windowStart: number;
   suppressed: number;
+  /** The last suppressed line, reported with the count when the window ends. */
+  last: { msg: string; fields: LogFields } | null;
+  timer: ReturnType<typeof setTimeout> | undefined;
 }
 
 function writeStderr(line: string): void {
@@ -63,6 +68,7 @@ export function createLogger(options: LoggerOptions = {}): Logger {
   const format = options.format === "text" ? formatText : formatJson;
   const write = options.write ?? writeStderr;
   const now = options.now ?? Date.now;
+  const windowMs = options.repeatWindowMs ?? ERROR_REPEAT_WINDOW_MS;
   const repeats = new Map<string, RepeatState>();
 
   function emit(level: LogLevel, msg: string, fields: LogFields = {}): void {
@@ -70,16 +76,32 @@ export function createLogger(options: LoggerOptions = {}): Logger {
     write(format(level, msg, fields));
   }
 
+  function flush(kind: string, state: RepeatState): void {
+    state.timer = undefined;
+    if (state.suppressed === 0 || state.last === null) return;
+    emit("error", state.last.msg, { kind, ...state.last.fields, repeated: state.suppressed });
+    state.suppressed = 0;
+    state.last = null;
+  }
+
   function error(kind: string, msg: string, fields: LogFields = {}): void {
     const time = now();
     const state = repeats.get(kind);
-    if (state !== undefined && time - state.windowStart < ERROR_REPEAT_WINDOW_MS) {
+    if (state !== undefined && time - state.windowStart < windowMs) {
       state.suppressed++;
+      state.last = { msg, fields };
+      if (state.timer === undefined) {
+        state.timer = setTimeout(() => flush(kind, state), state.windowStart + windowMs - time);
+        state.timer.unref?.();
+      }
       return;
     }
-    const suppressed = state?.suppressed ?? 0;
-    repeats.set(kind, { windowStart: time, suppressed: 0 });
-    emit("error", msg, suppressed > 0 ? { kind, ...fields, repeated: suppressed } : { kind, ...fields });
+    if (state !== undefined) {
+      clearTimeout(state.timer);
+      flush(kind, state);
+    }
+    repeats.set(kind, { windowStart: time, suppressed: 0, last: null, timer: undefined });
+    emit("error", msg, { kind, ...fields });
   }
 
   return {

@@ -14,6 +14,7 @@ import {
   closeForUpstream,
 } from "./close.ts";
 import type { FlowPoller } from "./flow.ts";
+import { errorDetail } from "./handshake.ts";
 
 /** The direction a message travels through the relay. */
 export type Direction = "client-to-upstream" | "upstream-to-client";
@@ -444,7 +445,8 @@ export class Pair {
     const code = typeof error?.code === "string" ? error.code : undefined;
     this.upstreamErrorCode ??= code ?? "";
     if (this.state === State.Open) {
-      this.events.onError?.(this, "upstream_error", (event as ErrorEvent).message ?? String(code));
+      const detail = errorDetail((event as ErrorEvent).message ?? "");
+      this.events.onError?.(this, "upstream_error", `upstream connection failed: ${detail || code || "unknown error"}`);
     }
   }
 

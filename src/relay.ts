@@ -142,6 +142,8 @@ class RelayServer implements Relay {
   private readonly ended: PairCounters = zeroCounters();
   private readonly pairEvents: PairEvents;
   private stopping: Promise<void> | null = null;
+  /** Upgrade requests waiting for their upstream to open. */
+  private pendingDials = 0;
   private outboundKeepAlive: OutboundKeepAlive | null = null;
   private outboundTimer: ReturnType<typeof setTimeout> | undefined;
 
@@ -286,6 +288,15 @@ class RelayServer implements Relay {
       this.logger.debug("request rejected", { client: clientAddress, status: rejection.status, error: rejection.message });
       return rejection.toResponse();
     }
+    this.pendingDials++;
+    try {
+      return await this.dialAndUpgrade(req, server, clientAddress);
+    } finally {
+      this.pendingDials--;
+    }
+  }
+
+  private async dialAndUpgrade(req: Request, server: Server<Pair>, clientAddress: string): Promise<Response | undefined> {
     const target = upstreamUrl(this.upstreamBase as URL, req.url);
     const offer = offeredProtocols(req.headers.get("sec-websocket-protocol"));
     let pair: Pair;
@@ -341,12 +352,15 @@ class RelayServer implements Relay {
   }
 
   private rejectHandshake(failure: HandshakeError, pair: Pair): Response {
-    this.countHandshake(failure.code === "client_left" ? "client_left" : String(failure.status));
-    this.logger.error(failure.code, failure.message, {
-      client: pair.clientAddress,
-      upstream: pair.target,
-      status: failure.status,
-    });
+    const fields = { client: pair.clientAddress, upstream: pair.target, status: failure.status };
+    if (failure.code === "client_left") {
+      // The client's own choice, not an operator problem.
+      this.countHandshake("client_left");
+      this.logger.info(failure.message, fields);
+    } else {
+      this.countHandshake(String(failure.status));
+      this.logger.error(failure.code, failure.message, fields);
+    }
     return failure.toResponse();
   }
 
@@ -411,6 +425,9 @@ class RelayServer implements Relay {
     const server = this.server;
     if (server === null) return;
     this.logger.info("relay stopping", { open_pairs: this.open.size, grace_ms: graceMs });
+    // New requests get 503 from now on. Dials already under way finish
+    // first, because closing the listener makes Bun drop their requests.
+    await this.waitUntil(() => this.pendingDials === 0, this.config.dialTimeoutMs);
     void server.stop(false);
     await this.waitUntil(() => this.open.size === 0, graceMs);
     for (const pair of [...this.open]) pair.close(CloseCode.GOING_AWAY, "relay shutting down", "shutdown");

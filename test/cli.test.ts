@@ -49,6 +49,7 @@ describe("bad values", () => {
     [["--listen", "127.0.0.1:70000"], ["--listen", "0 to 65535"]],
     [["--upstream", "http://example.test"], ["--upstream", '"http:"', "ws:// or wss://"]],
     [["--upstream", "not a url"], ["--upstream", '"not a url"']],
+    [["--upstream", "ws://alice:pw@127.0.0.1:9/x"], ["--upstream", "***@127.0.0.1:9", "credentials"]],
     [["--dial-timeout", "10"], ["--dial-timeout", '"10"', "ms, s or m"]],
     [["--tcp-keepalive", "1500ms"], ["--tcp-keepalive", "whole number of seconds"]],
     [["--ping-interval", "5s", "--pong-timeout", "5s"], ["--pong-timeout", "must be shorter than --ping-interval"]],
@@ -67,6 +68,7 @@ describe("bad values", () => {
       const { code, stderr } = await runCli(args);
       expect(code).toBe(2);
       for (const part of expected) expect(stderr).toContain(part);
+      expect(stderr).not.toContain(":pw@");
     });
   }
 

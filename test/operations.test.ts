@@ -7,6 +7,7 @@
 import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { TestClient, startBunEcho, waitFor } from "./helpers/peers.ts";
+import { startRawUpstream } from "./helpers/raw.ts";
 import { MAIN, REPO_ROOT, RelayProcess } from "./helpers/process.ts";
 
 interface Sample {
@@ -148,6 +149,21 @@ describe("graceful shutdown", () => {
     expect(performance.now() - signalledAt).toBeGreaterThanOrEqual(900);
     expect(await relay.exited()).toBe(0);
     expect(performance.now() - signalledAt).toBeLessThan(1000 + 2000 + 1000);
+  });
+
+  test("SIGTERM during a pending dial -> 101, then 1001 after the grace", async () => {
+    // The upstream answers the handshake only after 800 ms.
+    await using upstream = await startRawUpstream(() => {}, { delayMs: 800 });
+    await using relay = await RelayProcess.start([
+      process.execPath, MAIN, "--listen", "127.0.0.1:0", "--upstream", upstream.url, "--shutdown-grace", "300ms",
+    ]);
+    const client = TestClient.bun(relay.url);
+    await Bun.sleep(200);
+    relay.proc.kill("SIGTERM");
+    await client.opened;
+    expect(await client.closed).toEqual({ code: 1001, reason: "relay shutting down", wasClean: true });
+    expect(await relay.exited()).toBe(0);
+    expect(relay.lines.some((l) => l.msg.includes("client disconnected"))).toBe(false);
   });
 
   test("second SIGTERM -> exits at once with 1", async () => {

@@ -277,11 +277,12 @@ export interface RawUpstream extends AsyncDisposable {
 
 /**
  * Starts a raw upstream. `answer` may replace the 101 with any HTTP text
- * (for a 403, say); `protocol` is put in the 101 when given.
+ * (for a 403, say); `protocol` is put in the 101 when given; `delayMs`
+ * holds the answer back that long.
  */
 export async function startRawUpstream(
   onConnection: (connection: RawConnection, requestHead: string) => void = () => {},
-  options: { answer?: (requestHead: string) => string | undefined; protocol?: string } = {},
+  options: { answer?: (requestHead: string) => string | undefined; protocol?: string; delayMs?: number } = {},
 ): Promise<RawUpstream> {
   const connections: RawConnection[] = [];
   const requests: string[] = [];
@@ -290,8 +291,9 @@ export async function startRawUpstream(
     sockets.add(socket);
     socket.on("close", () => sockets.delete(socket));
     socket.on("error", () => {});
-    void readHead(socket).then(({ head, rest }) => {
+    void readHead(socket).then(async ({ head, rest }) => {
       requests.push(head);
+      if (options.delayMs !== undefined) await Bun.sleep(options.delayMs);
       const custom = options.answer?.(head);
       if (custom !== undefined) {
         socket.end(custom);
