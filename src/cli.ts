@@ -227,14 +227,19 @@ export function helpText(): string {
 /** Parses flags (`--flag VALUE` or `--flag=VALUE`) over the environment; throws `ConfigError`. */
 export function parseCommandLine(argv: string[], env: Record<string, string | undefined>): CommandLine {
   const line: CommandLine = { action: "run", relay: {}, logLevel: "info", logFormat: "json", admin: null, workers: 1 };
+  // Help and version win over any bad value, so they are looked for first.
+  for (const arg of argv) {
+    if (arg === "-h" || arg === "--help") return { ...line, action: "help" };
+    if (arg === "--version") return { ...line, action: "version" };
+  }
+  // A flag wins over its variable, so a variable that a flag overrides is not parsed.
+  const given = new Set(argv.map((arg) => (arg.indexOf("=") > 0 ? arg.slice(0, arg.indexOf("=")) : arg)));
   for (const spec of FLAGS) {
     const text = env[envName(spec.flag)];
-    if (text !== undefined && text !== "") spec.apply(line, text, envName(spec.flag));
+    if (text !== undefined && text !== "" && !given.has(spec.flag)) spec.apply(line, text, envName(spec.flag));
   }
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i] as string;
-    if (arg === "-h" || arg === "--help") return { ...line, action: "help" };
-    if (arg === "--version") return { ...line, action: "version" };
     const eq = arg.indexOf("=");
     const flag = eq > 0 ? arg.slice(0, eq) : arg;
     const spec = FLAGS.find((s) => s.flag === flag);

@@ -87,7 +87,9 @@ export function checkUpgradeRequest(req: Request): HandshakeError | null {
 
 /**
  * Builds the upstream URL: the client's path appended to the upstream's path,
- * and both queries joined. A request for `/` maps to the upstream path as given.
+ * and both queries joined. A request for `/` maps to the upstream path as
+ * given. Client parameters whose names the upstream URL already sets are
+ * dropped, so a client cannot override what the operator configured.
  */
 export function upstreamUrl(base: URL, requestUrl: string): string {
   const request = new URL(requestUrl, "http://relay.invalid");
@@ -98,9 +100,27 @@ export function upstreamUrl(base: URL, requestUrl: string): string {
     const basePath = base.pathname.endsWith("/") ? base.pathname.slice(0, -1) : base.pathname;
     path = basePath + request.pathname;
   }
-  const queries = [base.search.slice(1), request.search.slice(1)].filter((q) => q !== "");
+  const fixed = new Set(base.searchParams.keys());
+  const clientQuery = request.search
+    .slice(1)
+    .split("&")
+    .filter((pair) => pair !== "" && !fixed.has(decodeQueryName(pair)))
+    .join("&");
+  const queries = [base.search.slice(1), clientQuery].filter((q) => q !== "");
   const query = queries.length > 0 ? `?${queries.join("&")}` : "";
-  return `${base.protocol}//${base.host}${path}${query}`;
+  // Bun's client sends the URL's user info as Basic authorization, so it is kept.
+  const userInfo = base.password === "" ? base.username : `${base.username}:${base.password}`;
+  const auth = userInfo === "" ? "" : `${userInfo}@`;
+  return `${base.protocol}//${auth}${base.host}${path}${query}`;
+}
+
+function decodeQueryName(pair: string): string {
+  const name = pair.split("=")[0] ?? "";
+  try {
+    return decodeURIComponent(name.replaceAll("+", " "));
+  } catch {
+    return name;
+  }
 }
 
 /**
@@ -128,6 +148,10 @@ const HOP_BY_HOP = new Set([
   "x-forwarded-for",
   "x-forwarded-proto",
   "x-forwarded-host",
+  // Client identity headers that a client could forge; the relay sets
+  // X-Forwarded-* instead.
+  "forwarded",
+  "x-real-ip",
 ]);
 
 /**

@@ -1,7 +1,7 @@
 /**
  * WebSocket-level keepalive: one timer for all pairs pings both sides every
  * interval and, one pong timeout later, closes the pairs with a side that
- * sent nothing since its ping.
+ * showed no sign of life since its ping (`Pair.silentSide` says what counts).
  *
  * Bun's own `idleTimeout` and `sendPings` are turned off on the relay's
  * server because outgoing data alone keeps Bun's idle timer running: a client
@@ -64,12 +64,15 @@ export class KeepaliveSweeper<T extends Pingable = Pair> {
     this.timer = setTimeout(phase, delayMs);
   }
 
+  // Each phase schedules the next one first, so that an exception from one
+  // member cannot stop liveness checks for every pair.
   private readonly pingAll = (): void => {
-    for (const member of this.members) member.ping();
     this.schedule(this.judgeAll, this.pongTimeoutMs);
+    for (const member of this.members) member.ping();
   };
 
   private readonly judgeAll = (): void => {
+    this.schedule(this.pingAll, this.pingIntervalMs - this.pongTimeoutMs);
     for (const member of this.members) {
       const side = member.silentSide();
       if (side === null) continue;
@@ -77,7 +80,6 @@ export class KeepaliveSweeper<T extends Pingable = Pair> {
       this.onTimedOut?.(member, side);
       member.timedOut(side);
     }
-    this.schedule(this.pingAll, this.pingIntervalMs - this.pongTimeoutMs);
   };
 }
 

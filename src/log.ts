@@ -1,6 +1,7 @@
 /**
  * Structured logging: one line per pair start and end, one per operator
- * problem. The relay core calls these methods; nothing else writes lines.
+ * problem. The relay core writes only through these methods; the CLI
+ * writes its usage errors and help text directly.
  */
 
 export type LogLevel = "debug" | "info" | "warn" | "error";

@@ -25,6 +25,7 @@ function fail(message: string): never {
 function parse(): CommandLine {
   try {
     const line = parseCommandLine(process.argv.slice(2), process.env);
+    if (line.action !== "run") return line;
     resolveOptions(line.relay, FLAG_NAMES);
     if (line.workers > 1 && line.relay.port === 0) {
       fail("--workers: several workers cannot share port 0; give --listen a fixed port");

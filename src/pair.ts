@@ -236,7 +236,7 @@ export class Pair {
     } else {
       counters.bytesToUpstream += data.byteLength;
     }
-    if (this.onMessage !== undefined) this.onMessage("client-to-upstream", data);
+    if (this.onMessage !== undefined) this.observe("client-to-upstream", data);
     const upstream = this.upstream;
     upstream.send(data);
     if (upstream.bufferedAmount > this.limits.highWaterBytes && !this.clientPaused) {
@@ -261,11 +261,12 @@ export class Pair {
     counters.messagesToClient++;
     if (isText) counters.textMessagesToClient++;
     counters.bytesToClient += size;
-    if (this.onMessage !== undefined) this.onMessage("upstream-to-client", data);
+    if (this.onMessage !== undefined) this.observe("upstream-to-client", data);
     const status = (this.client as ServerWebSocket<unknown>).send(data);
     if (status === -1) {
       if (!this.upstreamPaused) this.pauseUpstream();
-    } else if (status === 0 && size > 0) {
+    } else if (status === 0 && size > 0 && this.client?.readyState === WebSocket.OPEN) {
+      // A closing socket also returns 0; its close handler ends the pair.
       this.dropped(size);
     }
   }
@@ -352,13 +353,15 @@ export class Pair {
     this.upstreamQueuedAtPing = this.upstream.bufferedAmount;
     this.clientBytesAtPing = this.counters.bytesToClient;
     this.upstreamBytesAtPing = this.counters.bytesToUpstream;
+    // A paused side gets no ping, but its sign of life is cleared too, so
+    // that `silentSide` can judge it by its backlog.
+    this.clientSeen = false;
+    this.upstreamSeen = false;
     if (!this.clientPaused) {
-      this.clientSeen = false;
       this.clientPongPending = true;
       client.ping();
     }
     if (!this.upstreamPaused) {
-      this.upstreamSeen = false;
       this.upstreamPongPending = true;
       this.upstream.ping();
     }
@@ -366,25 +369,29 @@ export class Pair {
 
   /**
    * Returns the side that gave no sign of life since the last ping, if any.
-   * A side counts as alive when it sent any frame, when the relay paused its
-   * reader (its pong may be unread), or, when it has a backlog, when the
-   * backlog moved (see `isDraining`).
+   * A side counts as alive when it sent any frame, when it has a backlog
+   * that moved (see `isDraining`), or when the relay paused its reader and
+   * nothing is queued toward it (its pong may be unread). A paused side with
+   * a backlog is judged by that backlog, or two stalled peers would keep
+   * their pair open forever.
    */
   silentSide(): "client" | "upstream" | null {
     if (this.state !== State.Open) return null;
     const client = this.client as ServerWebSocket<unknown>;
     const c = this.counters;
+    const clientQueued = client.getBufferedAmount();
+    const clientPaused = this.clientPausedSincePing || this.clientPaused;
     const clientAlive =
       this.clientSeen ||
-      this.clientPausedSincePing ||
-      this.clientPaused ||
-      isDraining(this.clientQueuedAtPing, c.bytesToClient - this.clientBytesAtPing, client.getBufferedAmount());
+      isDraining(this.clientQueuedAtPing, c.bytesToClient - this.clientBytesAtPing, clientQueued) ||
+      (clientPaused && this.clientQueuedAtPing === 0 && clientQueued === 0);
     if (!clientAlive) return "client";
+    const upstreamQueued = this.upstream.bufferedAmount;
+    const upstreamPaused = this.upstreamPausedSincePing || this.upstreamPaused;
     const upstreamAlive =
       this.upstreamSeen ||
-      this.upstreamPausedSincePing ||
-      this.upstreamPaused ||
-      isDraining(this.upstreamQueuedAtPing, c.bytesToUpstream - this.upstreamBytesAtPing, this.upstream.bufferedAmount);
+      isDraining(this.upstreamQueuedAtPing, c.bytesToUpstream - this.upstreamBytesAtPing, upstreamQueued) ||
+      (upstreamPaused && this.upstreamQueuedAtPing === 0 && upstreamQueued === 0);
     if (!upstreamAlive) return "upstream";
     return null;
   }
@@ -401,6 +408,15 @@ export class Pair {
       this.resumeUpstream();
     }
     return this.clientPaused || this.upstreamPaused;
+  }
+
+  /** Runs the message hook; a hook that throws is logged, and the message is still forwarded. */
+  private observe(direction: Direction, data: Message): void {
+    try {
+      (this.onMessage as MessageHook)(direction, data);
+    } catch (error) {
+      this.events.onError?.(this, "message_hook_failed", `onMessage threw: ${String(error)}`);
+    }
   }
 
   private pauseClient(): void {
@@ -486,8 +502,8 @@ export class Pair {
     this.end = end;
     this.early = [];
     this.flow.forget(this);
-    // Paused readers could not read the peer's close frame, so the close
-    // handshake would hang until Bun's own timeout.
+    // The pair is ending: resume paused readers so that the pause time is
+    // counted and the flow poller lets go of the pair.
     if (this.clientPaused) this.resumeClient();
     if (this.upstreamPaused) this.resumeUpstream();
     // A pair whose client never attached was never reported open.

@@ -34,6 +34,12 @@ describe("help", () => {
     expect(stdout).toContain("env WSBRIDGE_MAX_MESSAGE");
   });
 
+  test("--help after a bad value -> help, exit 0", async () => {
+    const { code, stdout } = await runCli(["--pong-timeout", "40s", "--help"], { WSBRIDGE_MAX_MESSAGE: "16MB" });
+    expect(code).toBe(0);
+    expect(stdout).toContain("Usage: wsbridge");
+  });
+
   test("--version prints the version", async () => {
     const { code, stdout } = await runCli(["--version"]);
     expect(code).toBe(0);
@@ -49,7 +55,7 @@ describe("bad values", () => {
     [["--listen", "127.0.0.1:70000"], ["--listen", "0 to 65535"]],
     [["--upstream", "http://example.test"], ["--upstream", '"http:"', "ws:// or wss://"]],
     [["--upstream", "not a url"], ["--upstream", '"not a url"']],
-    [["--upstream", "ws://alice:pw@127.0.0.1:9/x"], ["--upstream", "***@127.0.0.1:9", "credentials"]],
+    [["--ping-interval", "0.4ms"], ["--ping-interval", '"0.4ms"', "under 1ms"]],
     [["--dial-timeout", "10"], ["--dial-timeout", '"10"', "ms, s or m"]],
     [["--tcp-keepalive", "1500ms"], ["--tcp-keepalive", "whole number of seconds"]],
     [["--ping-interval", "5s", "--pong-timeout", "5s"], ["--pong-timeout", "must be shorter than --ping-interval"]],
@@ -71,6 +77,12 @@ describe("bad values", () => {
       expect(stderr).not.toContain(":pw@");
     });
   }
+
+  test("bad variable overridden by its flag -> not parsed", async () => {
+    const { code, stdout } = await runCli(["--listen", "127.0.0.1:0", "--version"], { WSBRIDGE_LISTEN: "bogus" });
+    expect(code).toBe(0);
+    expect(stdout).toStartWith("wsbridge ");
+  });
 
   test("bad environment value -> exit 2 naming the variable", async () => {
     const { code, stderr } = await runCli([], { WSBRIDGE_MAX_MESSAGE: "lots" });

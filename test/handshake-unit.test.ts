@@ -36,6 +36,21 @@ describe("upstreamUrl", () => {
     expect(url).toBe("ws://127.0.0.1:9000/base/chat/room1?user=7&x=%20y");
   });
 
+  test("client parameter the base sets -> dropped", () => {
+    const url = upstreamUrl(new URL("ws://127.0.0.1:9000/rpc?role=user"), "http://relay.test/x?role=admin&room=7");
+    expect(url).toBe("ws://127.0.0.1:9000/rpc/x?role=user&room=7");
+  });
+
+  test("encoded name of a base parameter -> dropped too", () => {
+    const url = upstreamUrl(new URL("ws://127.0.0.1:9000/?role=user"), "http://relay.test/?r%6Fle=admin");
+    expect(url).toBe("ws://127.0.0.1:9000/?role=user");
+  });
+
+  test("credentials in the base -> kept for Basic authorization", () => {
+    const url = upstreamUrl(new URL("ws://alice:s3cret@127.0.0.1:9000/rpc"), "http://relay.test/x");
+    expect(url).toBe("ws://alice:s3cret@127.0.0.1:9000/rpc/x");
+  });
+
   test("base with trailing slash -> one slash", () => {
     const url = upstreamUrl(new URL("ws://127.0.0.1:9000/base/"), "http://relay.test/chat");
     expect(url).toBe("ws://127.0.0.1:9000/base/chat");
@@ -109,6 +124,8 @@ describe("forwardedHeaders", () => {
     Origin: "https://app.example.test",
     "User-Agent": "test-agent/1.0",
     "X-Trace-Id": "trace-42",
+    Forwarded: "for=10.0.0.1;host=admin.internal",
+    "X-Real-IP": "10.0.0.1",
   });
   const out = forwardedHeaders(request, "127.0.0.1", false);
 
@@ -136,7 +153,9 @@ describe("forwardedHeaders", () => {
     "sec-websocket-version",
     "sec-websocket-extensions",
     "sec-websocket-protocol",
-  ])("hop-by-hop %s -> dropped", (name) => {
+    "forwarded",
+    "x-real-ip",
+  ])("hop-by-hop or forgeable %s -> dropped", (name) => {
     expect(out[name]).toBeUndefined();
   });
 

@@ -622,3 +622,19 @@ describe("logs", () => {
     expect(leaking).toEqual([]);
   });
 });
+
+describe("upstream credentials", () => {
+  test("user info in the upstream URL -> Basic authorization, not logged", async () => {
+    const logger = recordingLogger();
+    await using upstream = startBunEcho();
+    const withCredentials = upstream.url.replace("ws://", "ws://alice:s3cret@");
+    await using relay = await startRelay({ upstream: withCredentials, logger });
+    await using client = TestClient.bun(relay.url);
+    await client.opened;
+    const seen = upstream.requests[0]?.headers.get("authorization");
+    expect(seen).toBe(`Basic ${Buffer.from("alice:s3cret").toString("base64")}`);
+    client.close();
+    await client.closed;
+    expect(JSON.stringify(logger.records)).not.toContain("s3cret");
+  });
+});

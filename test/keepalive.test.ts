@@ -150,6 +150,27 @@ describe("dead peers", () => {
 });
 
 describe("paused readers", () => {
+  test("both peers stop reading -> pair closed, not kept forever", async () => {
+    const closes: Array<[number, string]> = [];
+    await using upstream = startBunUpstream({
+      open(ws) {
+        ws.pause();
+        const chunk = new Uint8Array(64 * 1024);
+        for (let i = 0; i < 200; i++) ws.send(chunk);
+      },
+      close: (_ws, code, reason) => void closes.push([code, reason]),
+    });
+    await using relay = await startRelay({ upstream: upstream.url, highWaterBytes: 64 * 1024, ...fastKeepalive });
+    const { connection } = await rawConnect(relay.port);
+    connection?.socket.pause();
+    const chunk = Buffer.alloc(64 * 1024);
+    for (let i = 0; i < 200; i++) connection?.send(Opcode.BINARY, chunk);
+    expect(await waitFor(() => relay.stats().activePairs === 0, 4 * DETECT_BOUND_MS)).toBe(true);
+    const causes = relay.stats().endCauses;
+    expect((causes.client_timed_out ?? 0) + (causes.upstream_timed_out ?? 0)).toBe(1);
+    connection?.destroy();
+  });
+
   test("client paused by backpressure for whole intervals -> not declared dead", async () => {
     // A raw upstream reads one chunk every 40 ms (about 1.6 MB/s), so the
     // relay's 1 MiB queue toward it takes about half a second to fall to the

@@ -17,7 +17,8 @@ import {
   serveWithKeepAlive,
   silentLogger,
 } from "../src/index.ts";
-import { TestClient, startBunEcho, startBunUpstream, waitFor } from "./helpers/peers.ts";
+import { TestClient, recordingLogger, startBunEcho, startBunUpstream, waitFor } from "./helpers/peers.ts";
+import { startRawUpstream } from "./helpers/raw.ts";
 import { tcpTimers } from "./helpers/tcp.ts";
 
 describe("createRelay", () => {
@@ -29,6 +30,64 @@ describe("createRelay", () => {
     expect(relay.url).toBe(`ws://127.0.0.1:${relay.port}`);
     expect(relay.upstream).toStartWith("ws://127.0.0.1:");
     await relay.stop({ graceMs: 0 });
+  });
+
+  test("port in use -> start rejects and stops the echo server", async () => {
+    const holder = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("taken") });
+    const relay = createRelay({ port: holder.port as number, logger: silentLogger });
+    const error = await relay.start().catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(Error);
+    expect(() => relay.upstream).not.toThrow();
+    const echoUrl = relay.upstream;
+    const probe = new WebSocket(echoUrl);
+    const outcome = await new Promise<string>((resolve) => {
+      probe.onopen = () => resolve("open");
+      probe.onerror = () => resolve("refused");
+    });
+    expect(outcome).toBe("refused");
+    void holder.stop(true);
+  });
+
+  test("stop before start -> a later start serves", async () => {
+    const relay = createRelay({ port: 0, logger: silentLogger });
+    await relay.stop();
+    await relay.start();
+    await using client = TestClient.bun(relay.url);
+    await client.opened;
+    client.send("works");
+    expect((await client.waitForMessages(1))[0]?.text).toBe("works");
+    await relay.stop({ graceMs: 0 });
+  });
+
+  test("onMessage hook that throws -> message still forwarded, error logged", async () => {
+    await using upstream = startBunEcho();
+    const logger = recordingLogger();
+    const relay = createRelay({
+      port: 0,
+      upstream: upstream.url,
+      logger,
+      onMessage: (_direction, data) => {
+        if (data === "boom") throw new Error("hook failed");
+      },
+    });
+    await relay.start();
+    await using client = TestClient.bun(relay.url);
+    await client.opened;
+    for (const text of ["a", "boom", "b"]) client.send(text);
+    const got = await client.waitForMessages(3);
+    expect(got.map((m) => m.text)).toEqual(["a", "boom", "b"]);
+    expect(logger.records.some((r) => r.fields.kind === "message_hook_failed")).toBe(true);
+    await relay.stop({ graceMs: 0 });
+  });
+
+  test("upstream that ignores the close -> stop() still releases it", async () => {
+    await using upstream = await startRawUpstream();
+    const relay = createRelay({ port: 0, upstream: upstream.url, logger: silentLogger });
+    await relay.start();
+    const client = TestClient.bun(relay.url);
+    await client.opened;
+    await relay.stop({ graceMs: 0 });
+    expect(await waitFor(() => upstream.connections[0]?.ended === true, 3000)).toBe(true);
   });
 
   test("bad option -> ConfigError naming the field", () => {
