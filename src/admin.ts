@@ -7,7 +7,7 @@
 import type { Server } from "bun";
 import type { Logger } from "./log.ts";
 
-/** What the admin listener reports on. */
+/** The source of the admin listener's answers: readiness and metrics. */
 export interface AdminSource {
   /** True while new connections are accepted. */
   isReady(): boolean;

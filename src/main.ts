@@ -51,7 +51,7 @@ async function startRelay(line: CommandLine, logger: Logger, worker: string | un
   return relay;
 }
 
-/** Answers the supervisor's stats requests when this process is a worker. */
+/** Replies to the supervisor's stats requests when this process is a worker. */
 function serveWorkerRequests(relay: Relay): void {
   process.on("message", (message: WorkerMessage) => {
     if (message.type === "stats-request") {

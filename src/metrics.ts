@@ -28,7 +28,7 @@ export class Histogram {
     }
   }
 
-  /** A plain copy, safe to send between processes. */
+  /** Returns a plain copy, safe to send between processes. */
   snapshot(): HistogramSnapshot {
     return { bounds: [...this.bounds], counts: [...this.counts], count: this.count, sum: this.sum };
   }

@@ -20,7 +20,7 @@ const RESTART_DELAY_MS = 250;
 const MAX_RESTART_DELAY_MS = 10_000;
 /** A worker that ran this long before exiting is restarted after the first delay again. */
 const STABLE_RUN_MS = 30_000;
-/** How long a `/metrics` scrape waits for a worker's answer. */
+/** How long a `/metrics` scrape waits for a worker's stats. */
 const STATS_TIMEOUT_MS = 1_000;
 /** Time workers get after the grace period to finish closing before SIGKILL. */
 const EXIT_MARGIN_MS = 5_000;
@@ -44,12 +44,12 @@ export interface SupervisorOptions {
   /** The command that starts one worker (this program and its flags). */
   command: string[];
   admin: { hostname: string; port: number } | null;
-  /** The workers' --shutdown-grace, so the parent knows how long to wait. */
+  /** The workers' --shutdown-grace, which bounds how long the parent waits for them. */
   shutdownGraceMs: number;
   logger: Logger;
 }
 
-/** The command line that starts this same program again with `flags`. */
+/** Returns the command line that starts this same program again with `flags`. */
 export function selfCommand(flags: string[]): string[] {
   // A binary from `bun build --compile` runs its embedded entry point itself.
   const compiled = Bun.main.startsWith("/$bunfs/");
