@@ -11,6 +11,9 @@
 
 import type { Pair } from "./pair.ts";
 
+/** Delay of a judgement put off because its timer fired late. */
+const STALL_RETRY_MS = 50;
+
 /** Anything the sweeper can ping and judge; `Pair` in the relay. */
 export interface Pingable {
   ping(): void;
@@ -27,6 +30,9 @@ export class KeepaliveSweeper<T extends Pingable = Pair> {
   private readonly members = new Set<T>();
   private timer: ReturnType<typeof setTimeout> | undefined;
   private running = false;
+  /** When the current phase was due, to tell whether this process stalled. */
+  private dueAt = 0;
+  private judgementDeferred = false;
 
   constructor(
     private readonly pingIntervalMs: number,
@@ -61,18 +67,29 @@ export class KeepaliveSweeper<T extends Pingable = Pair> {
 
   private schedule(phase: () => void, delayMs: number): void {
     if (!this.running) return;
+    this.dueAt = performance.now() + delayMs;
     this.timer = setTimeout(phase, delayMs);
   }
 
   // Each phase schedules the next one first, so that an exception from one
   // member cannot stop liveness checks for every pair.
   private readonly pingAll = (): void => {
+    this.judgementDeferred = false;
     this.schedule(this.judgeAll, this.pongTimeoutMs);
     for (const member of this.members) member.ping();
   };
 
   private readonly judgeAll = (): void => {
-    this.schedule(this.pingAll, this.pingIntervalMs - this.pongTimeoutMs);
+    // A timer that fires late means this process was stalled (a long GC, a
+    // busy CPU), and pongs may be waiting unread in socket buffers. The
+    // judgement waits one short turn, so that they are read first.
+    const lateMs = performance.now() - this.dueAt;
+    if (!this.judgementDeferred && lateMs > this.pongTimeoutMs / 2) {
+      this.judgementDeferred = true;
+      this.schedule(this.judgeAll, Math.min(this.pongTimeoutMs, STALL_RETRY_MS));
+      return;
+    }
+    this.schedule(this.pingAll, Math.max(0, this.pingIntervalMs - this.pongTimeoutMs - lateMs));
     for (const member of this.members) {
       const side = member.silentSide();
       if (side === null) continue;

@@ -45,6 +45,25 @@ describe("healthy pairs", () => {
     });
   }
 
+  test("relay process stalled past the pong timeout -> healthy pair kept", async () => {
+    await using upstream = startBunEcho();
+    await using relay = await startRelay({ upstream: upstream.url, ...fastKeepalive });
+    const socket = new WebSocket(relay.url);
+    let stalls = 0;
+    socket.addEventListener("ping", () => {
+      if (stalls++ > 0) return;
+      // Block this process (relay included) for three pong timeouts.
+      const until = performance.now() + 3 * PONG_MS;
+      while (performance.now() < until) {}
+    });
+    await new Promise((resolve) => (socket.onopen = resolve));
+    await Bun.sleep(3 * (PING_MS + PONG_MS));
+    expect(stalls).toBeGreaterThan(1);
+    expect(relay.stats().missedPongs).toEqual({ client: 0, upstream: 0 });
+    expect(socket.readyState).toBe(WebSocket.OPEN);
+    socket.close();
+  });
+
   test("peer ping -> answered with the same payload, not forwarded", async () => {
     const upstreamPings: string[] = [];
     await using upstream = startBunUpstream({ ping: (_ws, data) => void upstreamPings.push(String(data)) });
@@ -172,37 +191,41 @@ describe("paused readers", () => {
   });
 
   test("client paused by backpressure for whole intervals -> not declared dead", async () => {
-    // A raw upstream reads one chunk every 40 ms (about 1.6 MB/s), so the
-    // relay's 1 MiB queue toward it takes about half a second to fall to the
+    // A raw upstream reads one chunk every 120 ms (about 0.5 MB/s), so the
+    // relay's 1 MiB queue toward it takes over a second to fall to the
     // low-water mark: the client's reader stays paused through whole
-    // ping-and-pong windows, while the upstream keeps making progress.
-    const readers: Array<ReturnType<typeof setInterval>> = [];
+    // ping-and-pong windows. The upstream answers pings and sends a message
+    // every 20 ms, so its own liveness is never in doubt here, and the pong
+    // timeout is longer than elsewhere so that timer jitter on a busy
+    // machine cannot put it in doubt either.
+    const timers: Array<ReturnType<typeof setInterval>> = [];
     await using upstream = await startRawUpstream((connection) => {
       connection.socket.pause();
       let answered = 0;
-      readers.push(
+      timers.push(
         setInterval(() => {
           connection.socket.once("data", () => connection.socket.pause());
           connection.socket.resume();
-          // Answer the pings read so far, as a real peer would, and send a
-          // message: the upstream's liveness is not what this test judges.
+        }, 120),
+        setInterval(() => {
           const frames = connection.frames;
           for (; answered < frames.length; answered++) {
             const frame = frames[answered];
             if (frame?.opcode === Opcode.PING) connection.send(Opcode.PONG, frame.payload);
           }
           connection.send(Opcode.TEXT, "progress");
-        }, 40),
+        }, 20),
       );
     });
-    await using relay = await startRelay({ upstream: upstream.url, highWaterBytes: 1024 * 1024, ...fastKeepalive });
+    const keepalive = { pingIntervalMs: 300, pongTimeoutMs: 200 };
+    await using relay = await startRelay({ upstream: upstream.url, highWaterBytes: 1024 * 1024, ...keepalive });
     await using client = TestClient.bun(relay.url);
     await client.opened;
     const chunk = new Uint8Array(16 * 1024);
     for (let i = 0; i < 1500; i++) client.send(chunk);
-    const pausedLongEnough = await waitFor(() => relay.stats().clientPauses >= 3, 15_000);
-    await Bun.sleep(4 * (PING_MS + PONG_MS));
-    for (const reader of readers) clearInterval(reader);
+    const pausedLongEnough = await waitFor(() => relay.stats().clientPauses >= 2, 15_000);
+    await Bun.sleep(4 * (keepalive.pingIntervalMs + keepalive.pongTimeoutMs));
+    for (const timer of timers) clearInterval(timer);
     expect(pausedLongEnough).toBe(true);
     expect(relay.stats().missedPongs).toEqual({ client: 0, upstream: 0 });
     expect(relay.stats().activePairs).toBe(1);
