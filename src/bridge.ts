@@ -16,6 +16,7 @@ import { FlowPoller } from "./flow.ts";
 import { waitForOpen } from "./handshake.ts";
 import { KeepaliveSweeper } from "./keepalive.ts";
 import { type MessageHook, type PairEnd, Pair } from "./pair.ts";
+import type { UpstreamTls } from "./tls.ts";
 
 /** Options of `bridge`. Sizes in bytes, durations in ms. */
 export interface BridgeOptions {
@@ -56,16 +57,21 @@ function sweeperFor(intervalMs: number, timeoutMs: number): KeepaliveSweeper<Pai
 /**
  * Opens a client `WebSocket` to `url` with its reader paused, so nothing the
  * upstream sends is lost before `bridge` attaches. Rejects with a
- * `HandshakeError` (status 504 past `timeoutMs`, else the upstream's 4xx or 502).
+ * `HandshakeError` (status 504 past `timeoutMs`, else the upstream's 4xx or
+ * 502; code `upstream_tls_failed` when a wss:// certificate fails to verify).
+ * `tls` verifies a wss:// upstream as the relay does: against the default
+ * CAs, or `tls.ca` in their place, and `rejectUnauthorized: false` verifies nothing.
  */
 export async function dialUpstream(
   url: string,
-  options: { protocols?: string[]; headers?: Record<string, string>; timeoutMs?: number } = {},
+  options: { protocols?: string[]; headers?: Record<string, string>; timeoutMs?: number; tls?: UpstreamTls } = {},
 ): Promise<WebSocket> {
   const upstream = new WebSocket(url, {
     protocols: options.protocols,
     headers: options.headers,
     perMessageDeflate: false,
+    // Set explicitly, because Bun's default follows NODE_TLS_REJECT_UNAUTHORIZED.
+    tls: { ...options.tls, rejectUnauthorized: options.tls?.rejectUnauthorized ?? true },
   });
   upstream.pause();
   await waitForOpen(upstream, options.timeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS);

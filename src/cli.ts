@@ -5,8 +5,10 @@
 
 import {
   ConfigError,
+  DEFLATE_MODES,
   DEFAULT_DIAL_TIMEOUT_MS,
   DEFAULT_HIGH_WATER_BYTES,
+  DEFAULT_MAX_HEADER_BYTES,
   DEFAULT_MAX_MESSAGE_BYTES,
   DEFAULT_PING_INTERVAL_MS,
   DEFAULT_PONG_TIMEOUT_MS,
@@ -19,6 +21,7 @@ import {
   parseSize,
   parseUpstream,
 } from "./config.ts";
+import { parseCount, parseRate } from "./limits.ts";
 import type { LogFormat, LogLevel } from "./log.ts";
 
 /** The parsed command line: what to do and with which options. */
@@ -38,6 +41,8 @@ interface FlagSpec {
   value: string;
   defaultText: string;
   help: string;
+  /** True for an on/off flag that takes no value: `--flag` is `--flag=true`. */
+  isSwitch?: boolean;
   apply(line: CommandLine, text: string, flag: string): void;
 }
 
@@ -47,6 +52,13 @@ const LOG_FORMATS: readonly LogFormat[] = ["json", "text"];
 function oneOf<T extends string>(flag: string, text: string, allowed: readonly T[]): T {
   if ((allowed as readonly string[]).includes(text)) return text as T;
   throw new ConfigError(flag, text, `${flag}: invalid value "${text}"; use one of ${allowed.join(", ")}`);
+}
+
+/** Parses the value of an on/off flag or its environment twin. */
+function parseSwitch(flag: string, text: string): boolean {
+  if (text === "true" || text === "1") return true;
+  if (text === "false" || text === "0") return false;
+  throw new ConfigError(flag, text, `${flag}: invalid value "${text}"; use true or 1 to turn it on, false or 0 to leave it off`);
 }
 
 /** Most worker processes accepted; far more than cores only adds scheduling. */
@@ -75,12 +87,49 @@ const FLAGS: FlagSpec[] = [
     },
   },
   {
+    flag: "--tls-cert",
+    value: "FILE",
+    defaultText: "off (ws://)",
+    help: "PEM certificate chain, leaf first, to serve wss:// with; needs --tls-key",
+    apply(line, text) {
+      line.relay.tlsCertFile = text;
+    },
+  },
+  {
+    flag: "--tls-key",
+    value: "FILE",
+    defaultText: "off (ws://)",
+    help: "unencrypted PEM private key of --tls-cert",
+    apply(line, text) {
+      line.relay.tlsKeyFile = text;
+    },
+  },
+  {
     flag: "--upstream",
     value: "URL",
     defaultText: "built-in echo",
     help: "ws:// or wss:// server to relay to; the client's path and query are appended",
     apply(line, text, flag) {
       line.relay.upstream = parseUpstream(flag, text);
+    },
+  },
+  {
+    flag: "--upstream-ca",
+    value: "FILE",
+    defaultText: "system and Bun's bundled CAs",
+    help: "PEM bundle of the CA certificates that a wss:// upstream's certificate must chain to; replaces the default CAs",
+    apply(line, text) {
+      line.relay.upstreamCaFile = text;
+    },
+  },
+  {
+    flag: "--upstream-insecure",
+    value: "",
+    defaultText: "off",
+    help: "accept any certificate from a wss:// upstream, verifying nothing; logs a warning at start; the env twin takes true or 1",
+    isSwitch: true,
+    apply(line, text, flag) {
+      line.relay.upstreamInsecure = parseSwitch(flag, text);
     },
   },
   {
@@ -138,12 +187,75 @@ const FLAGS: FlagSpec[] = [
     },
   },
   {
+    flag: "--allow-origin",
+    value: "LIST",
+    defaultText: "any origin",
+    help: "comma-separated origins (https://app.example.com) and patterns (https://*.example.com) whose browsers may connect; others get 403; add require-origin to turn away requests without Origin",
+    apply(line, text) {
+      line.relay.allowedOrigins = text.split(",");
+    },
+  },
+  {
+    flag: "--auth-token-file",
+    value: "FILE",
+    defaultText: "off",
+    help: "file of bearer tokens, one a line; clients must send one as Authorization: Bearer TOKEN or ?token=TOKEN, or get 401",
+    apply(line, text) {
+      line.relay.authTokenFile = text;
+    },
+  },
+  {
+    flag: "--max-connections",
+    value: "N",
+    defaultText: "0 (no limit)",
+    help: "maximum of open pairs plus dials in progress; more get 503 with Retry-After: 1",
+    apply(line, text, flag) {
+      line.relay.maxConnections = parseCount(flag, text);
+    },
+  },
+  {
+    flag: "--max-connections-per-ip",
+    value: "N",
+    defaultText: "0 (no limit)",
+    help: "maximum of open pairs plus dials in progress from one client IP (the TCP peer, not X-Forwarded-For); more get 503",
+    apply(line, text, flag) {
+      line.relay.maxConnectionsPerIp = parseCount(flag, text);
+    },
+  },
+  {
+    flag: "--max-header-size",
+    value: "SIZE",
+    defaultText: `${DEFAULT_MAX_HEADER_BYTES / 1024}KiB`,
+    help: "largest sum of header fields (name, value and 4 bytes each); larger requests get 431; at most Bun's own limit",
+    apply(line, text, flag) {
+      line.relay.maxHeaderBytes = parseSize(flag, text);
+    },
+  },
+  {
+    flag: "--rate-limit",
+    value: "N/s",
+    defaultText: "off",
+    help: "messages per second each client may send, with bursts of N; a faster client is closed with 1008; 0 is off",
+    apply(line, text, flag) {
+      line.relay.rateLimitPerSecond = parseRate(flag, text);
+    },
+  },
+  {
     flag: "--shutdown-grace",
     value: "DURATION",
     defaultText: `${DEFAULT_SHUTDOWN_GRACE_MS / 1000}s`,
     help: "on SIGTERM or SIGINT, time pairs get to end before they are closed with 1001",
     apply(line, text, flag) {
       line.relay.shutdownGraceMs = parseDuration(flag, text);
+    },
+  },
+  {
+    flag: "--deflate",
+    value: "MODE",
+    defaultText: "off",
+    help: "permessage-deflate compression on the client hop, the upstream hop or both: off, client, upstream, both",
+    apply(line, text, flag) {
+      line.relay.deflate = oneOf(flag, text, DEFLATE_MODES);
     },
   },
   {
@@ -188,13 +300,24 @@ const FLAGS: FlagSpec[] = [
 export const FLAG_NAMES: OptionNames = {
   port: "--listen",
   upstream: "--upstream",
+  tlsCertFile: "--tls-cert",
+  tlsKeyFile: "--tls-key",
+  upstreamCaFile: "--upstream-ca",
+  upstreamInsecure: "--upstream-insecure",
   dialTimeoutMs: "--dial-timeout",
   pingIntervalMs: "--ping-interval",
   pongTimeoutMs: "--pong-timeout",
   tcpKeepAliveMs: "--tcp-keepalive",
   maxMessageBytes: "--max-message",
   highWaterBytes: "--high-water",
+  allowedOrigins: "--allow-origin",
+  authTokenFile: "--auth-token-file",
+  maxConnections: "--max-connections",
+  maxConnectionsPerIp: "--max-connections-per-ip",
+  maxHeaderBytes: "--max-header-size",
+  rateLimitPerSecond: "--rate-limit",
   shutdownGraceMs: "--shutdown-grace",
+  deflate: "--deflate",
 };
 
 /** `--max-message` -> `WSBRIDGE_MAX_MESSAGE` */
@@ -206,7 +329,9 @@ export function envName(flag: string): string {
 export function helpText(): string {
   const rows = FLAGS.map((spec) => {
     const left = `  ${spec.flag} ${spec.value}`;
-    return `${left.padEnd(28)}${spec.help}\n${" ".repeat(28)}default ${spec.defaultText}; env ${envName(spec.flag)}`;
+    // A left column too long for the padding gets its help on the next line.
+    const head = left.length < 28 ? left.padEnd(28) : `${left}\n${" ".repeat(28)}`;
+    return `${head}${spec.help}\n${" ".repeat(28)}default ${spec.defaultText}; env ${envName(spec.flag)}`;
   });
   return [
     "wsbridge: a WebSocket relay that forwards every message unchanged",
@@ -224,7 +349,10 @@ export function helpText(): string {
   ].join("\n");
 }
 
-/** Parses flags (`--flag VALUE` or `--flag=VALUE`) over the environment; throws `ConfigError`. */
+/**
+ * Parses flags (`--flag VALUE`, `--flag=VALUE`, or `--flag` alone for a
+ * switch) over the environment; throws `ConfigError`.
+ */
 export function parseCommandLine(argv: string[], env: Record<string, string | undefined>): CommandLine {
   const line: CommandLine = { action: "run", relay: {}, logLevel: "info", logFormat: "json", admin: null, workers: 1 };
   // Help and version win over any bad value, so they are looked for first.
@@ -246,7 +374,10 @@ export function parseCommandLine(argv: string[], env: Record<string, string | un
     if (spec === undefined) {
       throw new ConfigError(arg, arg, `unknown option "${arg}"; run with --help to list the options`);
     }
-    const text = eq > 0 ? arg.slice(eq + 1) : argv[++i];
+    let text: string | undefined;
+    if (eq > 0) text = arg.slice(eq + 1);
+    else if (spec.isSwitch === true) text = "true";
+    else text = argv[++i];
     if (text === undefined) {
       throw new ConfigError(flag, "", `${flag}: missing value; expected ${spec.value}, e.g. ${spec.flag} ${spec.defaultText}`);
     }

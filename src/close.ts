@@ -40,6 +40,7 @@ export type EndCause =
   | "message_too_big"
   | "invalid_payload"
   | "protocol_error"
+  | "rate_limited"
   | "shutdown";
 
 /** What to send to the surviving leg: a code and reason, or `code: undefined` for no status. */

@@ -4,7 +4,10 @@
  */
 
 import type { LogFormat, LogLevel, Logger } from "./log.ts";
+import { maxHeaderSize as bunMaxHeaderSize } from "node:http";
+import { type OriginPolicy, type TokenSet, resolveAccess } from "./access.ts";
 import type { MessageHook } from "./pair.ts";
+import { type ServerTls, type UpstreamTls, resolveTls } from "./tls.ts";
 
 export const DEFAULT_HOSTNAME = "127.0.0.1";
 export const DEFAULT_PORT = 8080;
@@ -16,6 +19,20 @@ export const DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
 export const DEFAULT_HIGH_WATER_BYTES = 1024 * 1024;
 export const DEFAULT_SHUTDOWN_GRACE_MS = 10_000;
 
+/** Hops on which the relay negotiates permessage-deflate (RFC 7692). */
+export type DeflateMode = "off" | "client" | "upstream" | "both";
+export const DEFLATE_MODES: readonly DeflateMode[] = ["off", "client", "upstream", "both"];
+
+/** Reports whether `mode` turns permessage-deflate on for the hop between clients and the relay. */
+export function deflatesClientHop(mode: DeflateMode): boolean {
+  return mode === "client" || mode === "both";
+}
+
+/** Reports whether `mode` turns permessage-deflate on for the hop between the relay and the upstream. */
+export function deflatesUpstreamHop(mode: DeflateMode): boolean {
+  return mode === "upstream" || mode === "both";
+}
+
 /**
  * Bun's WebSocket client rejects any message over 128 MiB (fixed in Bun
  * 1.4.4), so the relay cannot carry larger ones from the upstream.
@@ -23,6 +40,16 @@ export const DEFAULT_SHUTDOWN_GRACE_MS = 10_000;
 export const MAX_MESSAGE_CEILING_BYTES = 128 * 1024 * 1024;
 /** Linux caps TCP_KEEPIDLE and TCP_KEEPINTVL at 32,767 s. */
 export const MAX_TCP_KEEPALIVE_MS = 32_767_000;
+/** Bun's own default limit on a request head. */
+export const DEFAULT_MAX_HEADER_BYTES = 16 * 1024;
+/** Largest value of the connection and rate limits. */
+export const MAX_LIMIT_COUNT = 1_000_000;
+/**
+ * Bun's limit on a whole request head (request line, fields and CRLFs):
+ * 16 KiB unless bun runs with --max-http-header-size, which `node:http`
+ * reports. Bun 1.4.4 rejects a larger head with 431 before `fetch` runs.
+ */
+export const BUN_MAX_HEADER_BYTES = bunMaxHeaderSize;
 
 /** Options of `createRelay`. Durations are in milliseconds, sizes in bytes. */
 export interface RelayOptions {
@@ -55,6 +82,57 @@ export interface RelayOptions {
   highWaterBytes?: number;
   /** Time open pairs get after `stop()` before they are closed with 1001. Default 10 s. */
   shutdownGraceMs?: number;
+  /**
+   * Path of the PEM certificate chain (leaf first) to serve wss:// with;
+   * give it together with `tlsKeyFile`. Both files are read and checked by
+   * `createRelay`. Default: none, the relay serves ws://.
+   */
+  tlsCertFile?: string;
+  /** Path of the unencrypted PEM private key of `tlsCertFile`. */
+  tlsKeyFile?: string;
+  /**
+   * Path of a PEM bundle of CA certificates that a wss:// upstream's
+   * certificate must chain to, in place of the default trust store (Bun's
+   * bundled roots plus the system's certificates). Default: the default store.
+   */
+  upstreamCaFile?: string;
+  /** Accept any certificate from a wss:// upstream; the relay logs a warning at start. Default false. */
+  upstreamInsecure?: boolean;
+  /**
+   * Origins whose browsers may connect; others get 403. Each entry is an
+   * origin (`https://app.example.com`), a pattern (`https://*.example.com`,
+   * one or more labels before the domain, not the domain itself), `null`,
+   * or `require-origin` to turn away requests without an Origin header,
+   * which are allowed otherwise. Default: any origin, and none.
+   */
+  allowedOrigins?: string[];
+  /**
+   * Path of a file of bearer tokens, one a line, read by `createRelay`. A
+   * client must present one (`Authorization: Bearer TOKEN` or a `token`
+   * query parameter) or gets 401. Default: no token needed.
+   */
+  authTokenFile?: string;
+  /** Maximum of open pairs plus dials in progress; more get 503. `0` is no limit. Default 0. */
+  maxConnections?: number;
+  /** Maximum of open pairs plus dials in progress from one client IP; more get 503. `0` is no limit. Default 0. */
+  maxConnectionsPerIp?: number;
+  /**
+   * Largest sum of a request's header fields, each counted as name, value
+   * and 4 bytes for ": " and CRLF; larger requests get 431. At most Bun's
+   * own limit on the whole head. Default 16 KiB.
+   */
+  maxHeaderBytes?: number;
+  /**
+   * Messages per second each client may send, with bursts of as many; a
+   * client over it is closed with 1008. `0` is off. Default 0.
+   */
+  rateLimitPerSecond?: number;
+  /**
+   * Hops on which to negotiate permessage-deflate: `client` (with clients
+   * that offer it), `upstream` (offered to the upstream), `both`, or `off`.
+   * Each compressing socket costs a zlib stream. Default `off`.
+   */
+  deflate?: DeflateMode;
   /** Listen with SO_REUSEPORT so several processes can share the port. Default false. */
   reusePort?: boolean;
   /** Where log lines go. Default: JSON lines on standard error at level info. */
@@ -76,6 +154,19 @@ export interface ResolvedRelayOptions {
   highWaterBytes: number;
   lowWaterBytes: number;
   shutdownGraceMs: number;
+  /** Certificate and key read from `tlsCertFile` and `tlsKeyFile`; undefined serves ws://. */
+  serverTls: ServerTls | undefined;
+  /** The `tls` option of every upstream dial. */
+  upstreamTls: UpstreamTls;
+  /** Parsed `allowedOrigins`; null allows any origin. */
+  allowedOrigins: OriginPolicy | null;
+  /** Tokens read from `authTokenFile`; null needs none. */
+  authTokens: TokenSet | null;
+  maxConnections: number;
+  maxConnectionsPerIp: number;
+  maxHeaderBytes: number;
+  rateLimitPerSecond: number;
+  deflate: DeflateMode;
   reusePort: boolean;
   onMessage: MessageHook | undefined;
 }
@@ -194,11 +285,28 @@ export function resolveOptions(options: RelayOptions = {}, names: OptionNames = 
     highWaterBytes: options.highWaterBytes ?? DEFAULT_HIGH_WATER_BYTES,
     lowWaterBytes: 0,
     shutdownGraceMs: options.shutdownGraceMs ?? DEFAULT_SHUTDOWN_GRACE_MS,
+    serverTls: undefined,
+    upstreamTls: {},
+    allowedOrigins: null,
+    authTokens: null,
+    maxConnections: options.maxConnections ?? 0,
+    maxConnectionsPerIp: options.maxConnectionsPerIp ?? 0,
+    // Bun run with a lower --max-http-header-size lowers the default with it.
+    maxHeaderBytes: options.maxHeaderBytes ?? Math.min(DEFAULT_MAX_HEADER_BYTES, BUN_MAX_HEADER_BYTES),
+    rateLimitPerSecond: options.rateLimitPerSecond ?? 0,
+    deflate: options.deflate ?? "off",
     reusePort: options.reusePort ?? false,
     onMessage: options.onMessage,
   };
   validate(resolved, (field) => names[field] ?? field);
   resolved.lowWaterBytes = Math.floor(resolved.highWaterBytes / 4);
+  const access = resolveAccess(options, (field) => names[field] ?? field);
+  resolved.allowedOrigins = access.allowedOrigins;
+  resolved.authTokens = access.authTokens;
+  // The TLS files are read last, so a cheaper mistake is reported first.
+  const tls = resolveTls(options, resolved.upstream, (field) => names[field] ?? field);
+  resolved.serverTls = tls.serverTls;
+  resolved.upstreamTls = tls.upstreamTls;
   return resolved;
 }
 
@@ -231,6 +339,24 @@ function validate(o: ResolvedRelayOptions, name: (field: keyof RelayOptions) => 
   );
   checkRange(name("highWaterBytes"), o.highWaterBytes, 1024, 1024 ** 3, `${o.highWaterBytes} bytes`, "use 1 KiB to 1 GiB");
   checkRange(name("shutdownGraceMs"), o.shutdownGraceMs, 0, 3_600_000, `${o.shutdownGraceMs}ms`, "use 0 to 1h");
+  if (!DEFLATE_MODES.includes(o.deflate)) {
+    throw new ConfigError(
+      name("deflate"),
+      String(o.deflate),
+      `${name("deflate")}: invalid value "${o.deflate}"; use one of ${DEFLATE_MODES.join(", ")}`,
+    );
+  }
+  const count = `use a whole number from 0 (no limit) to ${MAX_LIMIT_COUNT}`;
+  checkRange(name("maxConnections"), o.maxConnections, 0, MAX_LIMIT_COUNT, String(o.maxConnections), count);
+  checkRange(name("maxConnectionsPerIp"), o.maxConnectionsPerIp, 0, MAX_LIMIT_COUNT, String(o.maxConnectionsPerIp), count);
+  checkRange(name("rateLimitPerSecond"), o.rateLimitPerSecond, 0, MAX_LIMIT_COUNT, `${o.rateLimitPerSecond}/s`, `use 0 (off) or 1/s to ${MAX_LIMIT_COUNT}/s`);
+  checkRange(name("maxHeaderBytes"),
+    o.maxHeaderBytes,
+    1024,
+    BUN_MAX_HEADER_BYTES,
+    `${o.maxHeaderBytes} bytes`,
+    `use 1 KiB to ${BUN_MAX_HEADER_BYTES} bytes, Bun's own limit on a request head, which the relay cannot raise (bun --max-http-header-size sets it)`,
+  );
 }
 
 export type { LogFormat, LogLevel };

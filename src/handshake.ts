@@ -4,13 +4,20 @@
  * upstream's open with a deadline, since Bun's client has none.
  */
 
+import { describeTlsFailure } from "./tls.ts";
+
 /** Why a handshake did not reach the 101; `status` is the HTTP status sent to the client. */
 export type HandshakeErrorCode =
   | "not_websocket"
   | "method_not_allowed"
   | "bad_request"
   | "unsupported_version"
+  | "header_too_large"
+  | "origin_not_allowed"
+  | "unauthorized"
+  | "over_capacity"
   | "upstream_refused"
+  | "upstream_tls_failed"
   | "upstream_rejected"
   | "upstream_no_subprotocol"
   | "upstream_timeout"
@@ -198,7 +205,12 @@ export function waitForOpen(upstream: WebSocket, timeoutMs: number, signal?: Abo
       upstream.terminate();
     }, timeoutMs);
     const onOpen = (): void => settle(null);
-    const onError = (event: Event): void => settle(dialError((event as ErrorEvent).message ?? ""));
+    const onError = (event: Event): void => {
+      // Bun 1.4.4 puts an OpenSSL-style code (CERT_HAS_EXPIRED, say) on the error of a TLS failure.
+      const errorEvent = event as ErrorEvent;
+      const code = (errorEvent.error as NodeJS.ErrnoException | undefined)?.code;
+      settle(dialError(errorEvent.message ?? "", code));
+    };
     const onClose = (event: CloseEvent): void =>
       settle(new HandshakeError("upstream_refused", 502, `upstream closed during its handshake (code ${event.code})`));
     const onAbort = (): void => {
@@ -233,7 +245,7 @@ export function errorDetail(message: string): string {
 }
 
 /** Maps Bun's dial error text to the HTTP status and message for the client. */
-function dialError(message: string): HandshakeError {
+function dialError(message: string, code?: string): HandshakeError {
   // Bun 1.4.4 reports a non-101 answer only in the text: "... Expected 101 status code: 403".
   const status = Number(/Expected 101 status code: (\d{3})/.exec(message)?.[1]);
   if (status >= 400 && status <= 499) {
@@ -247,5 +259,7 @@ function dialError(message: string): HandshakeError {
       "upstream accepted none of the offered subprotocols",
     );
   }
+  const tlsFailure = describeTlsFailure(detail, code);
+  if (tlsFailure !== null) return new HandshakeError("upstream_tls_failed", 502, tlsFailure);
   return new HandshakeError("upstream_refused", 502, `upstream handshake failed: ${detail || "unknown error"}`);
 }

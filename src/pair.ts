@@ -15,6 +15,7 @@ import {
 } from "./close.ts";
 import type { FlowPoller } from "./flow.ts";
 import { errorDetail } from "./handshake.ts";
+import { TokenBucket } from "./limits.ts";
 
 /** The direction a message travels through the relay. */
 export type Direction = "client-to-upstream" | "upstream-to-client";
@@ -74,11 +75,13 @@ export interface PairEvents {
   onPong?(pair: Pair, side: "client" | "upstream", rttMs: number): void;
 }
 
-/** Limits that drive flow control, in bytes. */
+/** Limits of a pair: flow control and message size in bytes, and the client's message rate. */
 export interface PairLimits {
   highWaterBytes: number;
   lowWaterBytes: number;
   maxMessageBytes: number;
+  /** Client messages per second, also the burst, before the pair is closed; 0 or unset is off. */
+  rateLimitPerSecond?: number;
 }
 
 const enum State {
@@ -147,6 +150,11 @@ export class Pair {
   target = "";
   /** Time from creating the upstream socket to its open, in ms. */
   dialMs = 0;
+  /**
+   * Set when the client hop negotiates permessage-deflate. Bun's server
+   * compresses a message only when `send()` is called with `compress` true.
+   */
+  compressToClient = false;
 
   /** Set by any frame from that side; cleared when a ping is sent to it. */
   clientSeen = true;
@@ -172,6 +180,8 @@ export class Pair {
   private early: Message[] = [];
   private earlyClose: CloseEvent | null = null;
   private upstreamErrorCode: string | undefined;
+  /** Client message budget; null when `--rate-limit` is off. */
+  private readonly rateLimit: TokenBucket | null;
 
   constructor(
     readonly upstream: WebSocket,
@@ -181,6 +191,8 @@ export class Pair {
     private readonly onMessage: MessageHook | undefined = undefined,
   ) {
     this.id = (nextId++).toString(36);
+    const rate = limits.rateLimitPerSecond ?? 0;
+    this.rateLimit = rate > 0 ? new TokenBucket(rate) : null;
     upstream.binaryType = "nodebuffer";
     // Bun drops messages that arrive before a listener is attached, and the
     // client is not attached until Bun calls `open` after the 101, so the
@@ -228,6 +240,10 @@ export class Pair {
   fromClient(data: Message): void {
     this.clientSeen = true;
     if (this.state !== State.Open) return;
+    if (this.rateLimit !== null && !this.rateLimit.take()) {
+      this.rateLimited();
+      return;
+    }
     const counters = this.counters;
     counters.messagesToUpstream++;
     if (typeof data === "string") {
@@ -262,7 +278,8 @@ export class Pair {
     if (isText) counters.textMessagesToClient++;
     counters.bytesToClient += size;
     if (this.onMessage !== undefined) this.observe("upstream-to-client", data);
-    const status = (this.client as ServerWebSocket<unknown>).send(data);
+    const client = this.client as ServerWebSocket<unknown>;
+    const status = this.compressToClient ? client.send(data, true) : client.send(data);
     if (status === -1) {
       if (!this.upstreamPaused) this.pauseUpstream();
     } else if (status === 0 && size > 0 && this.client?.readyState === WebSocket.OPEN) {
@@ -487,6 +504,20 @@ export class Pair {
     this.finish({ cause: "message_too_big", closedBy: "relay", code: CloseCode.MESSAGE_TOO_BIG, reason });
     this.closeUpstream({ code: CloseCode.MESSAGE_TOO_BIG, reason: "message too big", cause: "message_too_big" });
     this.closeClient({ code: CloseCode.BAD_GATEWAY, reason: "upstream message too big", cause: "message_too_big" });
+  }
+
+  /**
+   * Closes a client that sent faster than `rateLimitPerSecond` with 1008,
+   * and its upstream with 1001. The message over the limit, and any the
+   * client sends after it, are not forwarded.
+   */
+  private rateLimited(): void {
+    const limit = this.limits.rateLimitPerSecond;
+    this.events.onError?.(this, "rate_limited", `client sent over ${limit} messages per second; closing the pair with 1008`);
+    const reason = "rate limit exceeded";
+    this.finish({ cause: "rate_limited", closedBy: "relay", code: CloseCode.POLICY_VIOLATION, reason });
+    this.closeClient({ code: CloseCode.POLICY_VIOLATION, reason, cause: "rate_limited" });
+    this.closeUpstream({ code: CloseCode.GOING_AWAY, reason: "client exceeded the message rate limit", cause: "rate_limited" });
   }
 
   private dropped(size: number): void {

@@ -4,8 +4,15 @@
  */
 
 import type { Server, ServerWebSocket, WebSocketHandler } from "bun";
+import { AccessControl, type Admission } from "./access.ts";
 import { type EndCause, CloseCode } from "./close.ts";
-import { type RelayOptions, type ResolvedRelayOptions, resolveOptions } from "./config.ts";
+import {
+  type RelayOptions,
+  type ResolvedRelayOptions,
+  deflatesClientHop,
+  deflatesUpstreamHop,
+  resolveOptions,
+} from "./config.ts";
 import { type EchoServer, startEchoServer } from "./echo.ts";
 import { FlowPoller } from "./flow.ts";
 import {
@@ -17,10 +24,12 @@ import {
   waitForOpen,
 } from "./handshake.ts";
 import { KeepaliveSweeper } from "./keepalive.ts";
+import { ConnectionLimiter } from "./limits.ts";
 import { type Logger, createLogger, redactUrl } from "./log.ts";
 import { DIAL_SECONDS_BOUNDS, Histogram, type HistogramSnapshot, RTT_SECONDS_BOUNDS } from "./metrics.ts";
 import { type Closer, type PairCounters, type PairEnd, type PairEvents, Pair } from "./pair.ts";
 import { OutboundKeepAlive, setListenerKeepAlive } from "./tcp-keepalive.ts";
+import { INSECURE_UPSTREAM_WARNING } from "./tls.ts";
 
 /**
  * Counters of a relay since it started: plain data, so it can cross a
@@ -79,7 +88,7 @@ export interface Relay {
   /** The bound port; throws before `start()`. */
   readonly port: number;
   readonly hostname: string;
-  /** `ws://HOST:PORT`, for clients. */
+  /** `ws://HOST:PORT`, or `wss://HOST:PORT` with a TLS certificate, for clients. */
   readonly url: string;
   /** The upstream URL in use (the echo server's when none was given). */
   readonly upstream: string;
@@ -95,6 +104,15 @@ const OUTBOUND_KEEPALIVE_DELAY_MS = 1_000;
 const STOP_POLL_MS = 25;
 /** How long `stop()` waits for closing handshakes after closing the pairs itself. */
 const STOP_CLOSE_WAIT_MS = 2_000;
+/**
+ * permessage-deflate settings of the client hop (`--deflate client`). One
+ * compressor serves every socket and resets after each message, so clients
+ * are sent `server_no_context_takeover` and memory does not grow per socket
+ * for sending. Each socket gets its own decompressor (a window of up to
+ * 32 KiB, Bun's cap), so clients may keep their compression context between
+ * messages, as `ws` and browsers do by default.
+ */
+const CLIENT_DEFLATE = { compress: "shared", decompress: "dedicated" } as const;
 
 const websocketHandlers: WebSocketHandler<Pair> = {
   open: (ws) => ws.data.attach(ws),
@@ -110,6 +128,13 @@ const websocketHandlers: WebSocketHandler<Pair> = {
 function formatAddress(address: { address: string; port: number; family: string } | null): string {
   if (address === null) return "";
   return address.family === "IPv6" ? `[${address.address}]:${address.port}` : `${address.address}:${address.port}`;
+}
+
+/** Reports whether the upgrade request offers permessage-deflate among its Sec-WebSocket-Extensions. */
+function offersDeflate(req: Request): boolean {
+  const header = req.headers.get("sec-websocket-extensions");
+  if (header === null) return false;
+  return header.split(",").some((offer) => offer.split(";")[0]?.trim().toLowerCase() === "permessage-deflate");
 }
 
 /** Creates a relay; nothing listens until `start()`. Throws `ConfigError` for a bad option. */
@@ -144,6 +169,9 @@ class RelayServer implements Relay {
   private stopping: Promise<void> | null = null;
   /** Upgrade requests waiting for their upstream to open. */
   private pendingDials = 0;
+  private readonly access: AccessControl;
+  /** The admission of each upgraded pair, whose connection slot is released when the pair ends. */
+  private readonly admissions = new Map<Pair, Admission>();
   private outboundKeepAlive: OutboundKeepAlive | null = null;
   private outboundTimer: ReturnType<typeof setTimeout> | undefined;
 
@@ -154,6 +182,9 @@ class RelayServer implements Relay {
     this.sweeper = new KeepaliveSweeper<Pair>(config.pingIntervalMs, config.pongTimeoutMs, (_pair, side) => {
       this.counters.missedPongs[side]++;
     });
+    const limited = config.maxConnections > 0 || config.maxConnectionsPerIp > 0;
+    const limiter = limited ? new ConnectionLimiter(config.maxConnections, config.maxConnectionsPerIp) : null;
+    this.access = new AccessControl(config, limiter, logger);
     this.pairEvents = {
       onOpen: (pair) => this.pairOpened(pair),
       onEnd: (pair, end) => this.pairEnded(pair, end),
@@ -174,7 +205,8 @@ class RelayServer implements Relay {
 
   get url(): string {
     const host = this.hostname.includes(":") ? `[${this.hostname}]` : this.hostname;
-    return `ws://${host}:${this.port}`;
+    const scheme = this.config.serverTls === undefined ? "ws" : "wss";
+    return `${scheme}://${host}:${this.port}`;
   }
 
   get upstream(): string {
@@ -199,8 +231,12 @@ class RelayServer implements Relay {
     }
     await this.setTcpKeepAlive();
     this.sweeper.start();
+    if (this.config.upstreamTls.rejectUnauthorized === false) {
+      this.logger.warn(INSECURE_UPSTREAM_WARNING, { upstream: redactUrl(upstream) });
+    }
     this.logger.info("relay listening", {
       listen: `${this.hostname}:${this.port}`,
+      tls: this.config.serverTls !== undefined,
       upstream: redactUrl(upstream),
       pid: process.pid,
     });
@@ -211,6 +247,7 @@ class RelayServer implements Relay {
       hostname: this.config.hostname,
       port: this.config.port,
       reusePort: this.config.reusePort,
+      tls: this.config.serverTls,
       fetch: (req, server) => this.handleRequest(req, server),
       websocket: {
         ...websocketHandlers,
@@ -223,7 +260,7 @@ class RelayServer implements Relay {
         // Bun's idle timer is not used.
         idleTimeout: 0,
         sendPings: false,
-        perMessageDeflate: false,
+        perMessageDeflate: deflatesClientHop(this.config.deflate) ? CLIENT_DEFLATE : false,
       },
     });
   }
@@ -301,20 +338,44 @@ class RelayServer implements Relay {
       this.logger.debug("request rejected", { client: clientAddress, status: rejection.status, error: rejection.message });
       return rejection.toResponse();
     }
+    const admission = this.access.admit(req, server.requestIP(req)?.address ?? "", clientAddress);
+    if (admission instanceof HandshakeError) {
+      this.countHandshake(String(admission.status));
+      return admission.toResponse();
+    }
     this.pendingDials++;
+    let upgraded = false;
     try {
-      return await this.dialAndUpgrade(req, server, clientAddress);
+      const response = await this.dialAndUpgrade(req, server, clientAddress, admission);
+      upgraded = response === undefined;
+      return response;
     } finally {
       this.pendingDials--;
+      // A failed dial or upgrade gives its connection slot back at once;
+      // an upgraded pair gives it back when it ends.
+      if (!upgraded) admission.release();
     }
   }
 
-  private async dialAndUpgrade(req: Request, server: Server<Pair>, clientAddress: string): Promise<Response | undefined> {
-    const target = upstreamUrl(this.upstreamBase as URL, req.url);
+  private async dialAndUpgrade(
+    req: Request,
+    server: Server<Pair>,
+    clientAddress: string,
+    admission: Admission,
+  ): Promise<Response | undefined> {
+    let target: string;
+    try {
+      target = upstreamUrl(this.upstreamBase as URL, admission.url);
+    } catch {
+      // Bun builds req.url from the Host header without checking it, so a
+      // Host of "127.0.0.1:80x0" makes it an invalid URL.
+      this.countHandshake("400");
+      return new HandshakeError("bad_request", 400, "invalid request URL; check the Host header and the path").toResponse();
+    }
     const offer = offeredProtocols(req.headers.get("sec-websocket-protocol"));
     let pair: Pair;
     try {
-      pair = this.dial(req, target, clientAddress, offer);
+      pair = this.dial(req, target, clientAddress, offer, admission);
     } catch (error) {
       // Bun's WebSocket constructor rejects malformed or duplicate subprotocols.
       const message = `invalid Sec-WebSocket-Protocol offer: ${(error as Error).message}`;
@@ -333,19 +394,27 @@ class RelayServer implements Relay {
         client: clientAddress,
         upstream: pair.target,
       });
-      pair = this.dial(req, target, clientAddress, []);
+      pair = this.dial(req, target, clientAddress, [], admission);
       outcome = await this.waitForUpstream(req, pair);
     }
     if (outcome !== null) return this.rejectHandshake(outcome, pair);
-    return this.upgrade(req, server, pair);
+    // Set before the upgrade: Bun 1.4.4 runs the `open` handler inside
+    // server.upgrade(), and a pair can end there already.
+    this.admissions.set(pair, admission);
+    const response = this.upgrade(req, server, pair);
+    if (response !== undefined) this.admissions.delete(pair);
+    return response;
   }
 
-  private dial(req: Request, target: string, clientAddress: string, offer: string[]): Pair {
+  private dial(req: Request, target: string, clientAddress: string, offer: string[], admission: Admission): Pair {
     const clientIp = clientAddress.replace(/^\[?([^\]]*)\]?:\d+$/, "$1");
+    const headers = forwardedHeaders(req, clientIp, this.config.serverTls !== undefined);
+    admission.stripCredentials(headers);
     const upstream = new WebSocket(target, {
       protocols: offer.length > 0 ? offer : undefined,
-      headers: forwardedHeaders(req, clientIp, false),
-      perMessageDeflate: false,
+      headers,
+      perMessageDeflate: deflatesUpstreamHop(this.config.deflate),
+      tls: this.config.upstreamTls,
     });
     const pair = new Pair(upstream, this.config, this.flow, this.pairEvents, this.config.onMessage);
     pair.clientAddress = clientAddress;
@@ -378,6 +447,10 @@ class RelayServer implements Relay {
   }
 
   private upgrade(req: Request, server: Server<Pair>, pair: Pair): Response | undefined {
+    // ServerWebSocket does not expose the negotiated extensions, so the
+    // client's offer decides. Bun ignores the compress flag of send() on a
+    // socket that did not negotiate deflate after all.
+    pair.compressToClient = deflatesClientHop(this.config.deflate) && offersDeflate(req);
     const upgraded = server.upgrade(req, {
       data: pair,
       // Without this header Bun accepts the client's first offer by itself;
@@ -412,6 +485,8 @@ class RelayServer implements Relay {
   private pairEnded(pair: Pair, end: PairEnd): void {
     this.open.delete(pair);
     this.sweeper.delete(pair);
+    this.admissions.get(pair)?.release();
+    this.admissions.delete(pair);
     const causes = this.counters.endCauses;
     causes[end.cause] = (causes[end.cause] ?? 0) + 1;
     const codes = this.counters.closeCodes[end.closedBy];

@@ -17,6 +17,7 @@ const FLAGS = [
   "--max-message",
   "--high-water",
   "--shutdown-grace",
+  "--deflate",
   "--admin",
   "--workers",
   "--log-level",
@@ -66,6 +67,8 @@ describe("bad values", () => {
     [["--workers", "two"], ["--workers", '"two"']],
     [["--workers", "2", "--listen", "127.0.0.1:0"], ["--workers", "fixed port"]],
     [["--admin", "9090"], ["--admin", '"9090"', "HOST:PORT"]],
+    [["--deflate", "yes"], ["--deflate", '"yes"', "off, client, upstream, both"]],
+    [["--deflate="], ["--deflate", '""']],
     [["--frobnicate"], ['"--frobnicate"', "--help"]],
   ];
 

@@ -67,6 +67,7 @@ export interface TestUpstream<T = unknown> extends AsyncDisposable {
 /**
  * Starts a Bun WebSocket server. `handlers` are the usual `websocket`
  * handlers; `upgradeHeaders` picks the 101's extra headers (subprotocol).
+ * With `tls` (PEM certificate and key) it serves wss://.
  */
 export function startBunUpstream<T = Record<string, unknown>>(
   handlers: Partial<WebSocketHandler<T>> = {},
@@ -74,6 +75,7 @@ export function startBunUpstream<T = Record<string, unknown>>(
     upgradeHeaders?: (req: Request) => Record<string, string>;
     fetch?: (req: Request) => Response | undefined;
     data?: () => T;
+    tls?: { cert: string; key: string };
   } = {},
 ): TestUpstream<T> {
   const sockets: ServerWebSocket<T>[] = [];
@@ -82,6 +84,7 @@ export function startBunUpstream<T = Record<string, unknown>>(
   const server = Bun.serve<T>({
     hostname: "127.0.0.1",
     port: 0,
+    tls: options.tls,
     fetch(req, srv) {
       requests.push(req);
       const answer = options.fetch?.(req);
@@ -106,7 +109,7 @@ export function startBunUpstream<T = Record<string, unknown>>(
   });
   const close = (): void => void server.stop(true);
   return {
-    url: `ws://127.0.0.1:${server.port}`,
+    url: `${options.tls === undefined ? "ws" : "wss"}://127.0.0.1:${server.port}`,
     port: server.port as number,
     sockets,
     requests,
@@ -233,15 +236,16 @@ export class TestClient implements AsyncDisposable {
     }
   }
 
-  /** Connects with Bun's client. */
-  static bun(url: string, protocols?: string | string[], headers?: Record<string, string>): TestClient {
-    const socket = new WebSocket(url, { protocols, headers, perMessageDeflate: false } as Bun.WebSocketOptions);
+  /** Connects with Bun's client; `ca` is the PEM CA to trust for a wss:// URL. */
+  static bun(url: string, protocols?: string | string[], headers?: Record<string, string>, ca?: string): TestClient {
+    const tls = ca === undefined ? undefined : { ca, rejectUnauthorized: true };
+    const socket = new WebSocket(url, { protocols, headers, perMessageDeflate: false, tls } as Bun.WebSocketOptions);
     return new TestClient("bun", socket, undefined);
   }
 
-  /** Connects with the `ws` package. */
-  static ws(url: string, protocols?: string | string[], headers?: Record<string, string>): TestClient {
-    const socket = new WsWebSocket(url, protocols ?? [], { perMessageDeflate: false, headers, maxPayload: 256 * 1024 * 1024 });
+  /** Connects with the `ws` package; `ca` is the PEM CA to trust for a wss:// URL. */
+  static ws(url: string, protocols?: string | string[], headers?: Record<string, string>, ca?: string): TestClient {
+    const socket = new WsWebSocket(url, protocols ?? [], { perMessageDeflate: false, headers, maxPayload: 256 * 1024 * 1024, ca });
     return new TestClient("ws", undefined, socket);
   }
 

@@ -184,13 +184,15 @@ export interface RawHandshake {
 
 /**
  * Connects to `port`, sends `request` (an upgrade by default) and reads the
- * answer. `connection` is set when the answer was 101.
+ * answer. `connection` is set when the answer was 101. `localAddress` picks
+ * the source address, another loopback address such as 127.0.0.2 for a
+ * second client IP.
  */
 export async function rawConnect(
   port: number,
-  options: { path?: string; headers?: Record<string, string>; request?: string } = {},
+  options: { path?: string; headers?: Record<string, string>; request?: string; localAddress?: string } = {},
 ): Promise<{ handshake: RawHandshake; connection: RawConnection | null; socket: Socket }> {
-  const socket = connect(port, "127.0.0.1");
+  const socket = connect({ port, host: "127.0.0.1", localAddress: options.localAddress });
   await new Promise<void>((resolve, reject) => {
     socket.once("connect", () => resolve());
     socket.once("error", reject);
@@ -277,12 +279,17 @@ export interface RawUpstream extends AsyncDisposable {
 
 /**
  * Starts a raw upstream. `answer` may replace the 101 with any HTTP text
- * (for a 403, say); `protocol` is put in the 101 when given; `delayMs`
- * holds the answer back that long.
+ * (for a 403, say); `protocol` and `extensions` are put in the 101 when
+ * given; `delayMs` delays the response by that long.
  */
 export async function startRawUpstream(
   onConnection: (connection: RawConnection, requestHead: string) => void = () => {},
-  options: { answer?: (requestHead: string) => string | undefined; protocol?: string; delayMs?: number } = {},
+  options: {
+    answer?: (requestHead: string) => string | undefined;
+    protocol?: string;
+    extensions?: string;
+    delayMs?: number;
+  } = {},
 ): Promise<RawUpstream> {
   const connections: RawConnection[] = [];
   const requests: string[] = [];
@@ -301,8 +308,9 @@ export async function startRawUpstream(
       }
       const key = /sec-websocket-key:\s*(\S+)/i.exec(head)?.[1] ?? "";
       const protocolLine = options.protocol !== undefined ? `Sec-WebSocket-Protocol: ${options.protocol}\r\n` : "";
+      const extensionsLine = options.extensions !== undefined ? `Sec-WebSocket-Extensions: ${options.extensions}\r\n` : "";
       socket.write(
-        `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${acceptKey(key)}\r\n${protocolLine}\r\n`,
+        `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${acceptKey(key)}\r\n${protocolLine}${extensionsLine}\r\n`,
       );
       const connection = new RawConnection(socket, false, rest);
       socket.resume();
