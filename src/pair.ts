@@ -99,6 +99,29 @@ const enum Side {
 
 let nextId = 1;
 
+/** Pairs with upstream messages to flush, in the order they got their first. */
+let pendingFlush: Pair[] = [];
+let flushScheduled = false;
+
+function flushAll(): void {
+  const pairs = pendingFlush;
+  pendingFlush = [];
+  flushScheduled = false;
+  for (const pair of pairs) pair.flushToClient();
+}
+
+/**
+ * Flushes `pair` once the current batch of socket events has run:
+ * `setImmediate` callbacks run after the I/O events of a loop iteration.
+ */
+function scheduleFlush(pair: Pair): void {
+  pendingFlush.push(pair);
+  if (!flushScheduled) {
+    flushScheduled = true;
+    setImmediate(flushAll);
+  }
+}
+
 /**
  * Reports whether a side with a backlog is reading. A ping to such a side
  * waits behind the kernel's buffer and the relay's queue, so its pong can
@@ -178,6 +201,8 @@ export class Pair {
   private clientPausedAt = 0;
   private upstreamPausedAt = 0;
   private early: Message[] = [];
+  /** Upstream messages waiting for the next `flushToClient`. */
+  private toClient: Message[] = [];
   private earlyClose: CloseEvent | null = null;
   private upstreamErrorCode: string | undefined;
   /** Client message budget; null when `--rate-limit` is off. */
@@ -278,14 +303,37 @@ export class Pair {
     if (isText) counters.textMessagesToClient++;
     counters.bytesToClient += size;
     if (this.onMessage !== undefined) this.observe("upstream-to-client", data);
-    const client = this.client as ServerWebSocket<unknown>;
-    const status = this.compressToClient ? client.send(data, true) : client.send(data);
-    if (status === -1) {
-      if (!this.upstreamPaused) this.pauseUpstream();
-    } else if (status === 0 && size > 0 && this.client?.readyState === WebSocket.OPEN) {
-      // A closing socket also returns 0; its close handler ends the pair.
-      this.dropped(size);
-    }
+    if (this.toClient.length === 0) scheduleFlush(this);
+    this.toClient.push(data);
+  }
+
+  /**
+   * Sends the upstream messages gathered since the last flush to the client,
+   * under one `cork()`, so that they leave in one write. Bun's client
+   * dispatches each message of a socket read as its own event, and Bun's
+   * server writes each `send()` from such an event at once.
+   */
+  flushToClient(): void {
+    const batch = this.toClient;
+    if (batch.length === 0) return;
+    this.toClient = [];
+    const client = this.client;
+    if (client === null || this.clientSide === Side.Closed) return;
+    let queued = false;
+    let dropped = -1;
+    const compress = this.compressToClient;
+    client.cork(() => {
+      for (const data of batch) {
+        const status = compress ? client.send(data, true) : client.send(data);
+        if (status === -1) queued = true;
+        else if (status === 0 && dropped < 0 && (typeof data === "string" ? data.length : data.byteLength) > 0) {
+          dropped = typeof data === "string" ? Buffer.byteLength(data) : data.byteLength;
+        }
+      }
+    });
+    if (queued && !this.upstreamPaused && this.state === State.Open) this.pauseUpstream();
+    // A closing socket also returns 0; its close handler ends the pair.
+    if (dropped >= 0 && client.readyState === WebSocket.OPEN) this.dropped(dropped);
   }
 
   /** Resumes the upstream reader once the client queue is short. Call it from `drain`. */
@@ -394,6 +442,9 @@ export class Pair {
    */
   silentSide(): "client" | "upstream" | null {
     if (this.state !== State.Open) return null;
+    // Gathered messages are already counted as sent; put them in the queue
+    // so that the backlog check sees them there.
+    this.flushToClient();
     const client = this.client as ServerWebSocket<unknown>;
     const c = this.counters;
     const clientQueued = client.getBufferedAmount();
@@ -544,6 +595,8 @@ export class Pair {
   private closeClient(action: CloseAction): void {
     const client = this.client;
     if (client === null || this.clientSide === Side.Closed) return;
+    // Messages that arrived before the close go out before it.
+    this.flushToClient();
     // Bun's server sends an empty close frame (no status) for code 1005.
     client.close(action.code ?? CloseCode.NO_STATUS, clampReason(action.reason));
   }
