@@ -107,7 +107,14 @@ function flushAll(): void {
   const pairs = pendingFlush;
   pendingFlush = [];
   flushScheduled = false;
-  for (const pair of pairs) pair.flushToClient();
+  for (const pair of pairs) {
+    // One pair's failure must not leave the pairs after it unflushed.
+    try {
+      pair.flushToClient();
+    } catch (error) {
+      pair.flushFailed(error);
+    }
+  }
 }
 
 /**
@@ -336,6 +343,12 @@ export class Pair {
     if (dropped >= 0 && client.readyState === WebSocket.OPEN) this.dropped(dropped);
   }
 
+  /** Reports a flush that threw and closes the pair with 1011 rather than stall it. */
+  flushFailed(error: unknown): void {
+    this.events.onError?.(this, "flush_failed", `sending to the client failed: ${String(error)}`);
+    this.close(CloseCode.INTERNAL_ERROR, "relay error", "protocol_error");
+  }
+
   /** Resumes the upstream reader once the client queue is short. Call it from `drain`. */
   clientDrained(): void {
     if (this.upstreamPaused) this.resumeIfDrained();
@@ -409,6 +422,9 @@ export class Pair {
    * queued toward each side are noted, because a ping waits behind them.
    */
   ping(): void {
+    // Gathered messages go first: they are counted as sent already, and the
+    // ping must not overtake them.
+    this.flushToClient();
     if (this.state !== State.Open) return;
     const client = this.client as ServerWebSocket<unknown>;
     this.pingSentAt = performance.now();
