@@ -6,6 +6,7 @@
 
 import type { ServerWebSocket, WebSocketHandler } from "bun";
 import {
+  resolveOptions,
   DEFAULT_DIAL_TIMEOUT_MS,
   DEFAULT_HIGH_WATER_BYTES,
   DEFAULT_MAX_MESSAGE_BYTES,
@@ -30,8 +31,10 @@ export interface BridgeOptions {
   maxMessageBytes?: number;
   /** Ping period for both sides; 0 turns pings off. Default 30 s. */
   pingIntervalMs?: number;
-  /** Time a side has to send a pong (or any frame) after a ping. Default 10 s. */
+  /** Time a side has to send a pong (or any frame) after a ping. Default 10 s, or half the ping interval if shorter. */
   pongTimeoutMs?: number;
+  /** Client messages per second, also the burst, before the pair is closed with 1008; 0 or unset is off. */
+  rateLimitPerSecond?: number;
 }
 
 /** A joined pair; forward the client socket's events to it from your handlers. */
@@ -84,14 +87,23 @@ export async function dialUpstream(
  * `message`, `drain`, `close` and `pong` events to the returned bridge.
  */
 export function bridge(client: ServerWebSocket<unknown>, upstream: WebSocket, options: BridgeOptions = {}): Bridge {
-  const highWaterBytes = options.highWaterBytes ?? DEFAULT_HIGH_WATER_BYTES;
-  const limits = {
-    highWaterBytes,
-    lowWaterBytes: Math.floor(highWaterBytes / 4),
-    maxMessageBytes: options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES,
-  };
   const pingIntervalMs = options.pingIntervalMs ?? DEFAULT_PING_INTERVAL_MS;
-  const sweeper = sweeperFor(pingIntervalMs, options.pongTimeoutMs ?? Math.min(DEFAULT_PONG_TIMEOUT_MS, pingIntervalMs / 2));
+  // The relay's own checks, so that a NaN or negative size cannot turn flow
+  // control off; they throw ConfigError naming the BridgeOptions field.
+  const checked = resolveOptions({
+    highWaterBytes: options.highWaterBytes ?? DEFAULT_HIGH_WATER_BYTES,
+    maxMessageBytes: options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES,
+    pingIntervalMs,
+    pongTimeoutMs: options.pongTimeoutMs ?? Math.max(1, Math.min(DEFAULT_PONG_TIMEOUT_MS, Math.floor(pingIntervalMs / 2))),
+    rateLimitPerSecond: options.rateLimitPerSecond ?? 0,
+  });
+  const limits = {
+    highWaterBytes: checked.highWaterBytes,
+    lowWaterBytes: checked.lowWaterBytes,
+    maxMessageBytes: checked.maxMessageBytes,
+    rateLimitPerSecond: checked.rateLimitPerSecond,
+  };
+  const sweeper = sweeperFor(checked.pingIntervalMs, checked.pongTimeoutMs);
   const pair = new Pair(
     upstream,
     limits,

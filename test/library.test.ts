@@ -204,6 +204,15 @@ describe("embedding", () => {
     }
   });
 
+  test("bridge with NaN high water -> ConfigError naming the field", async () => {
+    await using upstream = startBunEcho();
+    const dialled = await dialUpstream(upstream.url);
+    const fakeClient = {} as unknown as Parameters<typeof bridge>[0];
+    expect(() => bridge(fakeClient, dialled, { highWaterBytes: Number.NaN })).toThrow("highWaterBytes");
+    expect(() => bridge(fakeClient, dialled, { pingIntervalMs: 1000, pongTimeoutMs: 2000 })).toThrow("pongTimeoutMs");
+    dialled.close();
+  });
+
   test("dialUpstream to a closed port -> HandshakeError 502", async () => {
     const probe = startBunUpstream();
     const port = probe.port;
