@@ -26,9 +26,33 @@ function text(body: string, status = 200): Response {
   return new Response(`${body}\n`, { status, headers: { "Content-Type": "text/plain; charset=utf-8" } });
 }
 
-/** Starts the admin listener on `hostname:port` (port 0 picks a free one). */
+/** An admin listener that could not start; the message names `--admin` and the address. */
+export class AdminListenError extends Error {
+  readonly code = "admin_listen_failed";
+}
+
+/**
+ * Starts the admin listener on `hostname:port` (port 0 picks a free one).
+ * Throws `AdminListenError` when the address cannot be bound.
+ */
 export function startAdmin(hostname: string, port: number, source: AdminSource, logger: Logger): AdminServer {
-  const server: Server<undefined> = Bun.serve({
+  let server: Server<undefined>;
+  try {
+    server = listenAdmin(hostname, port, source, logger);
+  } catch (error) {
+    throw new AdminListenError(
+      `--admin: cannot listen on ${hostname}:${port}: ${(error as Error).message}; choose another address or stop the process that holds it`,
+    );
+  }
+  logger.info("admin listening", { listen: `${hostname}:${server.port}` });
+  return {
+    port: server.port as number,
+    stop: () => void server.stop(true),
+  };
+}
+
+function listenAdmin(hostname: string, port: number, source: AdminSource, logger: Logger): Server<undefined> {
+  return Bun.serve({
     hostname,
     port,
     async fetch(req) {
@@ -48,9 +72,4 @@ export function startAdmin(hostname: string, port: number, source: AdminSource, 
       return text(`not found: ${path}; try /healthz, /readyz or /metrics`, 404);
     },
   });
-  logger.info("admin listening", { listen: `${hostname}:${server.port}` });
-  return {
-    port: server.port as number,
-    stop: () => void server.stop(true),
-  };
 }

@@ -240,21 +240,23 @@ export function parseListen(option: string, text: string): { hostname: string; p
 
 /** Checks that `text` is a ws:// or wss:// URL and returns it normalised; throws `ConfigError`. */
 export function parseUpstream(option: string, text: string): string {
+  // Shown in errors: a URL may carry a password or a key in its query.
+  const shown = text.replace(/\/\/[^/@?#]*@/, "//***@").replace(/\?[^#]*/, "?***");
   let url: URL;
   try {
     url = new URL(text);
   } catch {
-    throw new ConfigError(option, text, `${option}: invalid URL "${text}"; use ws://HOST:PORT/PATH or wss://...`);
+    throw new ConfigError(option, shown, `${option}: invalid URL "${shown}"; use ws://HOST:PORT/PATH or wss://...`);
   }
   if (url.protocol !== "ws:" && url.protocol !== "wss:") {
     throw new ConfigError(
       option,
-      text,
-      `${option}: unsupported scheme "${url.protocol}" in "${text}"; use ws:// or wss://`,
+      shown,
+      `${option}: unsupported scheme "${url.protocol}" in "${shown}"; use ws:// or wss://`,
     );
   }
   if (url.hash !== "") {
-    throw new ConfigError(option, text, `${option}: "${text}" has a fragment, which WebSocket URLs may not have; remove the "#..." part`);
+    throw new ConfigError(option, shown, `${option}: "${shown}" has a fragment, which WebSocket URLs may not have; remove the "#..." part`);
   }
   return url.toString();
 }

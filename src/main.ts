@@ -111,10 +111,15 @@ async function main(): Promise<void> {
   if (worker !== undefined) {
     serveWorkerRequests(relay);
   } else if (line.admin !== null) {
-    startAdmin(line.admin.hostname, line.admin.port, {
-      isReady: () => relay.isReady(),
-      renderMetrics: () => renderRelayMetrics([{ labels: {}, stats: relay.stats() }]),
-    }, logger);
+    try {
+      startAdmin(line.admin.hostname, line.admin.port, {
+        isReady: () => relay.isReady(),
+        renderMetrics: () => renderRelayMetrics([{ labels: {}, stats: relay.stats() }]),
+      }, logger);
+    } catch (error) {
+      await relay.stop({ graceMs: 0 });
+      fail((error as Error).message);
+    }
   }
   stopOnSignals(relay, logger, worker !== undefined);
 }

@@ -15,6 +15,8 @@ import type { RelayStats } from "./relay.ts";
 /** Set in a worker's environment to its index; its presence makes a process a worker. */
 export const WORKER_INDEX_ENV = "WSBRIDGE_WORKER_INDEX";
 
+/** Exit status of a process that could not start (bad option, port in use). */
+const EXIT_USAGE = 2;
 /** First restart delay after a worker exits; it doubles per quick exit, up to the maximum. */
 const RESTART_DELAY_MS = 250;
 const MAX_RESTART_DELAY_MS = 10_000;
@@ -63,6 +65,8 @@ export function runSupervisor(options: SupervisorOptions): void {
   const pendingStats = new Map<number, (stats: RelayStats | null) => void>();
   let nextRequestId = 1;
   let stopping = false;
+  /** The supervisor's exit status once every worker has exited. */
+  let exitCode = 0;
 
   function spawn(index: number, restartDelayMs: number): void {
     const proc = Bun.spawn(options.command, {
@@ -88,7 +92,21 @@ export function runSupervisor(options: SupervisorOptions): void {
     const worker = workers.get(index);
     workers.delete(index);
     if (stopping || worker === undefined) {
-      if (stopping && workers.size === 0) process.exit(0);
+      if (stopping && workers.size === 0) process.exit(exitCode);
+      return;
+    }
+    if (!worker.ready && code === EXIT_USAGE) {
+      // A worker that exits 2 before it is ready cannot start at all (a
+      // port in use, say); restarting it would only repeat the failure.
+      logger.error("worker_start_failed", "worker could not start; stopping the other workers", {
+        worker: index,
+        exit_code: code,
+      });
+      stopping = true;
+      for (const other of workers.values()) other.proc.kill("SIGTERM");
+      if (workers.size === 0) process.exit(EXIT_USAGE);
+      setTimeout(() => process.exit(EXIT_USAGE), EXIT_MARGIN_MS).unref();
+      exitCode = EXIT_USAGE;
       return;
     }
     const ranMs = performance.now() - worker.startedAt;
@@ -155,14 +173,21 @@ export function runSupervisor(options: SupervisorOptions): void {
     }, options.shutdownGraceMs + EXIT_MARGIN_MS).unref();
   }
 
+  // The admin listener starts first, so that a bad --admin address stops
+  // the supervisor before any worker exists.
+  if (options.admin !== null) {
+    try {
+      startAdmin(options.admin.hostname, options.admin.port, {
+        isReady: () => !stopping && [...workers.values()].some((w) => w.ready),
+        renderMetrics,
+      }, logger);
+    } catch (error) {
+      process.stderr.write(`wsbridge: ${(error as Error).message}\n`);
+      process.exit(EXIT_USAGE);
+    }
+  }
   for (let index = 0; index < options.count; index++) spawn(index, RESTART_DELAY_MS);
   logger.info("supervisor started", { workers: options.count, pid: process.pid });
-  if (options.admin !== null) {
-    startAdmin(options.admin.hostname, options.admin.port, {
-      isReady: () => !stopping && [...workers.values()].some((w) => w.ready),
-      renderMetrics,
-    }, logger);
-  }
   process.on("SIGTERM", stop);
   process.on("SIGINT", stop);
 }

@@ -8,7 +8,7 @@ import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { TestClient, startBunEcho, waitFor } from "./helpers/peers.ts";
 import { startRawUpstream } from "./helpers/raw.ts";
-import { MAIN, REPO_ROOT, RelayProcess } from "./helpers/process.ts";
+import { MAIN, REPO_ROOT, RelayProcess, runCli } from "./helpers/process.ts";
 
 interface Sample {
   name: string;
@@ -239,6 +239,39 @@ describe("workers", () => {
     client.close();
     supervisor.proc.kill("SIGTERM");
     expect(await supervisor.exited()).toBe(0);
+  });
+});
+
+describe("start failures", () => {
+  async function holdPort(): Promise<{ port: number; stop: () => void }> {
+    const holder = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("taken") });
+    return { port: holder.port as number, stop: () => void holder.stop(true) };
+  }
+
+  test("admin port in use with workers -> exit 2, no worker left", async () => {
+    const held = await holdPort();
+    const port = await freePort();
+    const { code, stderr } = await runCli(["--listen", `127.0.0.1:${port}`, "--workers", "2", "--admin", `127.0.0.1:${held.port}`]);
+    held.stop();
+    expect(code).toBe(2);
+    expect(stderr).toContain(`--admin: cannot listen on 127.0.0.1:${held.port}`);
+    const probe = await fetch(`http://127.0.0.1:${port}/`).then((r) => r.status, () => "refused");
+    expect(probe).toBe("refused");
+  });
+
+  test("listen port in use with workers -> exit 2, not restarted forever", async () => {
+    const held = await holdPort();
+    const { code, stderr } = await runCli(["--listen", `127.0.0.1:${held.port}`, "--workers", "2"]);
+    held.stop();
+    expect(code).toBe(2);
+    expect(stderr).toContain("worker_start_failed");
+  });
+
+  test("upstream URL with a password in a bad value -> password not printed", async () => {
+    const { code, stderr } = await runCli(["--upstream", "ftp://user:PASSW0RD@h/?apikey=UPSECRET"]);
+    expect(code).toBe(2);
+    expect(stderr).not.toContain("PASSW0RD");
+    expect(stderr).not.toContain("UPSECRET");
   });
 });
 
