@@ -10,6 +10,7 @@ import { ConfigError } from "./config.ts";
 import { HandshakeError } from "./handshake.ts";
 import { type ConnectionLimiter, type ConnectionSlot, headerBytes } from "./limits.ts";
 import type { Logger } from "./log.ts";
+import { READ_ERROR_REASONS } from "./tls.ts";
 
 /** An invalid access option; `value` is the part at fault, never a token. */
 export class InvalidAccessOption extends Error {
@@ -168,7 +169,8 @@ export class TokenSet {
     try {
       text = readFileSync(path, "utf8");
     } catch (error) {
-      const reason = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
+      const code = (error as NodeJS.ErrnoException).code;
+      const reason = (code !== undefined ? READ_ERROR_REASONS[code] : undefined) ?? code ?? (error as Error).message;
       throw new InvalidAccessOption(path, `cannot read "${path}" (${reason}); give a readable file with one token per line`);
     }
     const tokens: string[] = [];

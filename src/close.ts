@@ -112,7 +112,7 @@ export function closeForClient(code: number, reason: string, errorCode: string |
   if (errorCode === "WS_ERR_INVALID_UTF8") {
     return { code: CloseCode.BAD_GATEWAY, reason: "upstream sent invalid UTF-8", cause: "invalid_payload" };
   }
-  if (errorCode === "WS_ERR_UNSUPPORTED_MESSAGE_LENGTH") {
+  if (errorCode === "WS_ERR_UNSUPPORTED_MESSAGE_LENGTH" || errorCode === "WS_ERR_UNSUPPORTED_DATA_PAYLOAD_LENGTH") {
     return { code: CloseCode.BAD_GATEWAY, reason: "upstream message too big", cause: "message_too_big" };
   }
   if (isSendableCloseCode(code)) return { code, reason, cause: "upstream_closed" };

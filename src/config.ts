@@ -357,7 +357,7 @@ function validate(o: ResolvedRelayOptions, name: (field: keyof RelayOptions) => 
     1024,
     BUN_MAX_HEADER_BYTES,
     `${o.maxHeaderBytes} bytes`,
-    `use 1 KiB to ${BUN_MAX_HEADER_BYTES} bytes, Bun's own limit on a request head, which the relay cannot raise (bun --max-http-header-size sets it)`,
+    `use 1 KiB to ${BUN_MAX_HEADER_BYTES / 1024} KiB, Bun's own limit on a request head, which the relay cannot raise (bun --max-http-header-size sets it)`,
   );
 }
 

@@ -57,7 +57,7 @@ export const INSECURE_UPSTREAM_WARNING =
 
 const CERTIFICATE_BLOCK = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g;
 const PRIVATE_KEY_LINE = /-----BEGIN [A-Z ]*PRIVATE KEY-----/;
-const READ_ERROR_REASONS: Record<string, string> = {
+export const READ_ERROR_REASONS: Record<string, string> = {
   ENOENT: "file not found",
   EACCES: "permission denied",
   EISDIR: "it is a directory",

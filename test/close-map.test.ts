@@ -165,6 +165,13 @@ describe("closeForClient", () => {
       { code: 1014, reason: "upstream message too big", cause: "message_too_big" },
     ],
     [
+      "1006 after WS_ERR_UNSUPPORTED_DATA_PAYLOAD_LENGTH",
+      1006,
+      "",
+      "WS_ERR_UNSUPPORTED_DATA_PAYLOAD_LENGTH",
+      { code: 1014, reason: "upstream message too big", cause: "message_too_big" },
+    ],
+    [
       "1006 after WS_ERR_INVALID_CLOSE_CODE",
       1006,
       "",

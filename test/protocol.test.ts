@@ -52,6 +52,8 @@ interface BadFrameCase {
   errorCode: string;
   /** The message of that error event, as the relay logs it. */
   errorMessage: string;
+  /** The end cause and the client's 1014 reason when the upstream is the offender; by default a protocol error naming `errorCode`. */
+  upstreamOffence?: { cause: EndCause; clientReason: string };
 }
 
 /** Builds a binary frame whose length uses the 64-bit form with its top bit set (RFC 6455 requires it clear). */
@@ -174,6 +176,7 @@ const CASES: BadFrameCase[] = [
     clientAnswer: { code: 1009, reason: "" },
     errorCode: "WS_ERR_UNSUPPORTED_DATA_PAYLOAD_LENGTH",
     errorMessage: "Payload length over 2^53 - 1",
+    upstreamOffence: { cause: "message_too_big", clientReason: "upstream message too big" },
   },
 ];
 
@@ -316,12 +319,16 @@ describe("bad frame from the upstream", () => {
 
       expect(await closeFrameOf(offender)).toEqual(badCase.clientAnswer);
       expect(await connectionEnded(offender)).toBe(true);
-      expect(await closeFrameOf(client)).toEqual({ code: 1014, reason: `upstream protocol error: ${badCase.errorCode}` });
+      const offence = badCase.upstreamOffence ?? {
+        cause: "protocol_error",
+        clientReason: `upstream protocol error: ${badCase.errorCode}`,
+      };
+      expect(await closeFrameOf(client)).toEqual({ code: 1014, reason: offence.clientReason });
       expect(dataFrames(client)).toBe(0);
-      expect(relay.stats().endCauses).toEqual({ protocol_error: 1 });
+      expect(relay.stats().endCauses).toEqual({ [offence.cause]: 1 });
       const closedLines = pairClosedLines(logger.records);
       expect(closedLines).toHaveLength(1);
-      expect(closedLines[0]).toMatchObject({ cause: "protocol_error", closed_by: "upstream", code: 1006 });
+      expect(closedLines[0]).toMatchObject({ cause: offence.cause, closed_by: "upstream", code: 1006 });
       const errors = logger.records.filter((record) => record.level === "error");
       expect(errors).toHaveLength(1);
       expect(errors[0]?.fields.kind).toBe("upstream_error");
