@@ -7,7 +7,7 @@
 import type { Server } from "bun";
 import type { Logger } from "./log.ts";
 
-/** The source of the admin listener's answers: readiness and metrics. */
+/** The source of the admin listener's responses: readiness and metrics. */
 export interface AdminSource {
   /** True while new connections are accepted. */
   isReady(): boolean;

@@ -20,13 +20,13 @@ export const CloseCode = {
   POLICY_VIOLATION: 1008,
   MESSAGE_TOO_BIG: 1009,
   INTERNAL_ERROR: 1011,
-  /** Sent by a gateway whose upstream answered badly or went away. */
+  /** Sent by a gateway whose upstream sent an invalid response or went away. */
   BAD_GATEWAY: 1014,
   /** Never on the wire: the TLS handshake failed. */
   TLS_HANDSHAKE: 1015,
 } as const;
 
-/** The longest close reason that fits a control frame: 125 bytes less the 2-byte code. */
+/** Maximum close reason that fits a control frame: 125 bytes less the 2-byte code. */
 export const MAX_REASON_BYTES = 123;
 
 /** Why a pair ended: one value per pair, in its end log line and in the stats. */
@@ -43,7 +43,7 @@ export type EndCause =
   | "rate_limited"
   | "shutdown";
 
-/** What to send to the surviving leg: a code and reason, or `code: undefined` for no status. */
+/** The close to send to the surviving leg: a code and reason, or `code: undefined` for no status. */
 export interface CloseAction {
   code: number | undefined;
   reason: string;

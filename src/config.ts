@@ -66,7 +66,7 @@ export interface RelayOptions {
   dialTimeoutMs?: number;
   /** Period of the ws ping sent to both sides; `0` turns pings off. Default 30 s. */
   pingIntervalMs?: number;
-  /** Time a side has to answer a ping before it is closed. Default 10 s. */
+  /** Time a side has to send a pong (or any frame) after a ping before it is closed. Default 10 s. */
   pongTimeoutMs?: number;
   /**
    * TCP keepalive idle time and probe interval on the listener, inherited by
@@ -135,7 +135,7 @@ export interface RelayOptions {
   deflate?: DeflateMode;
   /** Listen with SO_REUSEPORT so several processes can share the port. Default false. */
   reusePort?: boolean;
-  /** Where log lines go. Default: JSON lines on standard error at level info. */
+  /** Destination of log lines. Default: JSON lines on standard error at level info. */
   logger?: Logger;
   /** Called with every message before it is forwarded; must not throw. */
   onMessage?: MessageHook;
@@ -267,7 +267,7 @@ function checkRange(option: string, value: number, min: number, max: number, sho
   }
 }
 
-/** How an option is named in error messages: the field name, or the CLI flag. */
+/** Option names used in error messages: the field name, or the CLI flag. */
 export type OptionNames = Partial<Record<keyof RelayOptions, string>>;
 
 /**

@@ -1,7 +1,7 @@
 /**
  * The built-in echo upstream: used when no upstream is given, so a new user
  * sees the relay carry messages at once. It sends every message back with its
- * opcode, and answers a close with the same code and reason.
+ * opcode, and replies to a close with the same code and reason.
  */
 
 import type { Server, ServerWebSocket } from "bun";
@@ -36,7 +36,7 @@ function echoOnDrain(ws: ServerWebSocket<EchoState>): void {
 }
 
 function echoOnClose(ws: ServerWebSocket<EchoState>, code: number, reason: string): void {
-  // Bun has already answered the close frame; this only matters for the
+  // Bun has already replied to the close frame; this only matters for the
   // rare case where the server side is still open.
   if (ws.readyState === WebSocket.OPEN && isSendableCloseCode(code)) ws.close(code, reason);
 }

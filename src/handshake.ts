@@ -6,7 +6,7 @@
 
 import { describeTlsFailure } from "./tls.ts";
 
-/** Why a handshake did not reach the 101; `status` is the HTTP status sent to the client. */
+/** The reason a handshake did not reach the 101; `status` is the HTTP status sent to the client. */
 export type HandshakeErrorCode =
   | "not_websocket"
   | "method_not_allowed"
@@ -246,7 +246,7 @@ export function errorDetail(message: string): string {
 
 /** Maps Bun's dial error text to the HTTP status and message for the client. */
 function dialError(message: string, code?: string): HandshakeError {
-  // Bun 1.4.4 reports a non-101 answer only in the text: "... Expected 101 status code: 403".
+  // Bun 1.4.4 reports a non-101 response only in the text: "... Expected 101 status code: 403".
   const status = Number(/Expected 101 status code: (\d{3})/.exec(message)?.[1]);
   if (status >= 400 && status <= 499) {
     return new HandshakeError("upstream_rejected", status, `upstream rejected the handshake with ${status}`);

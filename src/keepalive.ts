@@ -1,7 +1,7 @@
 /**
  * WebSocket-level keepalive: one timer for all pairs pings both sides every
  * interval and, one pong timeout later, closes the pairs with a side that
- * showed no sign of life since its ping (`Pair.silentSide` says what counts).
+ * showed no sign of life since its ping (`Pair.silentSide` defines what counts).
  *
  * Bun's own `idleTimeout` and `sendPings` are turned off on the relay's
  * server because outgoing data alone keeps Bun's idle timer running: a client

@@ -141,7 +141,7 @@ function scheduleFlush(pair: Pair): void {
  * NOTE: bytes already in the kernel's buffers are invisible here. A ping
  * behind megabytes of kernel-buffered data reaches a slow reader late, and
  * when the relay's own queue is empty meanwhile, that reader must still
- * answer within the pong timeout. At the default 10 s that misjudges only a
+ * reply within the pong timeout. At the default 10 s that misjudges only a
  * reader slower than its kernel backlog divided by 10 s (about 400 KB/s
  * behind the 4 MB that loopback buffers hold; an estimate).
  */
@@ -332,9 +332,12 @@ export class Pair {
     client.cork(() => {
       for (const data of batch) {
         const status = compress ? client.send(data, true) : client.send(data);
-        if (status === -1) queued = true;
-        else if (status === 0 && dropped < 0 && (typeof data === "string" ? data.length : data.byteLength) > 0) {
-          dropped = typeof data === "string" ? Buffer.byteLength(data) : data.byteLength;
+        if (status === -1) {
+          queued = true;
+        } else if (status === 0 && dropped < 0) {
+          // Bun also returns 0 for an empty message, which is sent.
+          const size = typeof data === "string" ? Buffer.byteLength(data) : data.byteLength;
+          if (size > 0) dropped = size;
         }
       }
     });
@@ -459,7 +462,7 @@ export class Pair {
   silentSide(): "client" | "upstream" | null {
     if (this.state !== State.Open) return null;
     // Gathered messages are already counted as sent; put them in the queue
-    // so that the backlog check sees them there.
+    // so that the backlog check finds them there.
     this.flushToClient();
     const client = this.client as ServerWebSocket<unknown>;
     const c = this.counters;

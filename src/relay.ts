@@ -267,7 +267,7 @@ class RelayServer implements Relay {
 
   stop(options: { graceMs?: number } = {}): Promise<void> {
     // Before start() there is nothing to stop, and remembering the stop
-    // would make a later start() answer every upgrade with 503.
+    // would make a later start() reject every upgrade with 503.
     if (this.server === null) return Promise.resolve();
     this.stopping ??= this.drainAndStop(options.graceMs ?? this.config.shutdownGraceMs);
     return this.stopping;

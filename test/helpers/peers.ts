@@ -29,7 +29,7 @@ export interface LogRecord {
   fields: LogFields;
 }
 
-/** A logger that keeps every line for assertions. */
+/** Creates a logger that keeps every line for assertions. */
 export function recordingLogger(): Logger & { records: LogRecord[] } {
   const records: LogRecord[] = [];
   const keep = (level: string) => (msg: string, fields: LogFields = {}) => records.push({ level, msg, fields });
@@ -119,7 +119,7 @@ export function startBunUpstream<T = Record<string, unknown>>(
   };
 }
 
-/** A Bun upstream that sends every message back. */
+/** Starts a Bun upstream that sends every message back. */
 export function startBunEcho(): TestUpstream {
   return startBunUpstream({
     message(ws, message) {
@@ -135,7 +135,7 @@ export function startBunEcho(): TestUpstream {
   });
 }
 
-/** An upstream built on the `ws` package, which echoes by default. */
+/** Starts an upstream built on the `ws` package, which echoes by default. */
 export async function startWsUpstream(
   onConnection: (socket: WsWebSocket, request: import("node:http").IncomingMessage) => void = (socket) => {
     socket.on("message", (data, isBinary) => socket.send(data, { binary: isBinary }));

@@ -53,7 +53,7 @@ export function encodeFrame(
   return Buffer.concat([Buffer.from(head), key, body]);
 }
 
-/** A close frame payload: 2-byte code and UTF-8 reason. */
+/** Builds a close frame payload: 2-byte code and UTF-8 reason. */
 export function closePayload(code: number, reason = ""): Buffer {
   const out = Buffer.alloc(2 + Buffer.byteLength(reason));
   out.writeUInt16BE(code, 0);
@@ -173,7 +173,7 @@ function acceptKey(key: string): string {
   return createHash("sha1").update(key + GUID).digest("base64");
 }
 
-/** Raw HTTP answer to a raw client's upgrade request. */
+/** The raw HTTP response to a raw client's upgrade request. */
 export interface RawHandshake {
   status: number;
   headers: Record<string, string>;
